@@ -1,0 +1,104 @@
+"""The description of one modality: its name, shape, likelihood and networks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A network by registered name plus JSON-serialisable keyword arguments.
+
+    The model fills in the shapes (``input_shape``/``output_shape`` and ``latent_dim``)
+    when it builds the network, so ``kwargs`` only hold architecture choices such as
+    ``hidden_dims``.
+    """
+
+    name: str = "mlp"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def coerce(cls, value: NetworkSpec | str | Mapping[str, Any]) -> NetworkSpec:
+        if isinstance(value, NetworkSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"name", "kwargs"}
+            if unknown:
+                raise ValueError(f"network spec has unknown keys {sorted(unknown)}")
+            return cls(str(value.get("name", "mlp")), dict(value.get("kwargs", {}) or {}))
+        raise TypeError(f"expected a NetworkSpec, a name or a dict, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality of a multimodal data set.
+
+    Parameters
+    ----------
+    name : str
+        Identifier, used in the observation site name ``x_{name}``.
+    shape : tuple of int
+        Shape of one row of this modality (without the batch dimension).
+    likelihood : str
+        Registered likelihood head (see :mod:`pyromv.distributions.likelihoods`).
+    likelihood_kwargs : dict
+        Options of the head, e.g. ``{"scale": 0.1}`` or ``{"num_categories": 10}``.
+    encoder, decoder : NetworkSpec
+        Registered networks for ``q(z | x_m)`` and ``p(x_m | z)``.
+    rescale : float
+        Weight of this modality's log-likelihood in the objective (likelihood rescaling,
+        Shi et al. 2019); ``1.0`` is the plain likelihood.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    likelihood: str = "normal"
+    likelihood_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    encoder: NetworkSpec = field(default_factory=NetworkSpec)
+    decoder: NetworkSpec = field(default_factory=NetworkSpec)
+    rescale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(
+                f"modality name {self.name!r} must start with a letter and contain only "
+                "letters, digits and underscores (it names the Pyro site x_{name})"
+            )
+        try:
+            shape = tuple(int(s) for s in self.shape)
+        except TypeError as err:
+            raise TypeError(f"modality {self.name!r}: shape must be a tuple of ints") from err
+        if any(s <= 0 for s in shape):
+            raise ValueError(f"modality {self.name!r}: shape {shape} must have positive sizes")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "likelihood_kwargs", dict(self.likelihood_kwargs))
+        object.__setattr__(self, "encoder", NetworkSpec.coerce(self.encoder))
+        object.__setattr__(self, "decoder", NetworkSpec.coerce(self.decoder))
+        if not self.rescale > 0:
+            raise ValueError(
+                f"modality {self.name!r}: rescale must be positive, got {self.rescale}"
+            )
+        object.__setattr__(self, "rescale", float(self.rescale))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["shape"] = list(self.shape)
+        out["encoder"] = self.encoder.to_dict()
+        out["decoder"] = self.decoder.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Modality:
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        return cls(**d)

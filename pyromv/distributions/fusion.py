@@ -1,0 +1,179 @@
+"""Fusions of per-modality experts: product of experts and mixture of experts.
+
+Both take experts stacked on the dimension right before the event: parameters of shape
+``(*batch_shape, M, D)`` and masks of shape ``(*batch_shape, M)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor
+
+
+class ProductOfExperts(dist.Independent):
+    r"""Product of diagonal Gaussian experts, optionally with a Gaussian prior expert.
+
+    .. math::
+        q(z) \propto p(z)^{[\text{prior}]} \prod_{m:\,\text{mask}_m} \mathcal N(z; \mu_m, \sigma_m^2),
+        \quad \Lambda = \Lambda_0 + \sum_m \text{mask}_m \sigma_m^{-2},
+        \quad \mu = \Lambda^{-1} (\Lambda_0 \mu_0 + \sum_m \text{mask}_m \sigma_m^{-2} \mu_m)
+
+    (Hinton 2002; Wu & Goodman 2018). Experts whose ``mask`` is False get zero precision, so a
+    row fuses only the modalities it observes; a row with none is the prior expert itself.
+    The product is Gaussian, so this is an :class:`~pyro.distributions.Independent` Normal with
+    ``rsample``, ``log_prob`` and the analytic KL divergences Pyro has for Normals.
+
+    Parameters
+    ----------
+    loc, scale : Tensor
+        Expert means and standard deviations, shape ``(*batch_shape, M, D)``.
+    mask : BoolTensor, optional
+        ``(*batch_shape, M)``, True for the experts to include (default all).
+    prior_loc, prior_scale : float or Tensor
+        The prior expert ``N(prior_loc, prior_scale^2)``, broadcast to ``(*batch_shape, D)``.
+    include_prior : bool
+        Include the prior expert (MVAE does). Without it every row needs an expert.
+    """
+
+    arg_constraints = {}
+
+    def __init__(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        mask: Tensor | None = None,
+        prior_loc: float | Tensor = 0.0,
+        prior_scale: float | Tensor = 1.0,
+        include_prior: bool = True,
+        validate_args: bool | None = None,
+    ) -> None:
+        if loc.shape != scale.shape or loc.dim() < 2:
+            raise ValueError(
+                f"expert loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must share one "
+                "shape (*batch_shape, M, D)"
+            )
+        mask = _check_mask(loc.shape[:-1], mask, loc.device)
+        precision = mask.unsqueeze(-1).to(loc.dtype) / scale.pow(2)
+        total = precision.sum(-2)
+        weighted = (precision * loc).sum(-2)
+        if include_prior:
+            prior_precision = torch.as_tensor(prior_scale, dtype=loc.dtype, device=loc.device).pow(-2)
+            prior_loc = torch.as_tensor(prior_loc, dtype=loc.dtype, device=loc.device)
+            total = total + prior_precision
+            weighted = weighted + prior_precision * prior_loc
+        elif not bool(mask.any(-1).all()):
+            raise ValueError("ProductOfExperts without a prior expert needs an expert in every row")
+        self.expert_loc, self.expert_scale, self.expert_mask = loc, scale, mask
+        super().__init__(dist.Normal(weighted / total, total.rsqrt()), 1, validate_args=validate_args)
+
+    @property
+    def loc(self) -> Tensor:
+        return self.base_dist.loc
+
+    @property
+    def scale(self) -> Tensor:
+        return self.base_dist.scale
+
+    def expand(self, batch_shape, _instance=None):
+        """The expanded fused Gaussian (an ``Independent(Normal)``; the experts are not kept)."""
+        return dist.Normal(self.loc, self.scale).to_event(1).expand(batch_shape)
+
+
+class MixtureOfExperts(TorchDistribution):
+    r"""Mixture of experts with uniform weights over the included experts (or given weights).
+
+    .. math:: q(z) = \sum_m w_m\, q_m(z), \qquad
+              \log q(z) = \operatorname{logsumexp}_m \big(\log w_m + \log q_m(z)\big)
+
+    (Shi et al. 2019). ``rsample`` draws a component per sample and reparameterises *within*
+    it: gradients reach the experts' parameters but not the weights. The stratified bounds
+    in :mod:`pyromv.infer` instead sample every expert.
+
+    Parameters
+    ----------
+    components : Distribution
+        Experts with batch shape ``(*batch_shape, M)`` and event shape ``(D,)``, e.g.
+        ``dist.Normal(loc, scale).to_event(1)`` with ``loc`` of shape ``(*batch_shape, M, D)``.
+    mask : BoolTensor, optional
+        ``(*batch_shape, M)``: the experts to include (default all).
+    log_weights : Tensor, optional
+        ``(*batch_shape, M)`` unnormalised log weights (default uniform).
+    """
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(
+        self,
+        components: TorchDistribution,
+        mask: Tensor | None = None,
+        log_weights: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        if len(components.batch_shape) < 1 or len(components.event_shape) != 1:
+            raise ValueError(
+                "MixtureOfExperts needs components of batch shape (*batch_shape, M) and event "
+                f"shape (D,), got {tuple(components.batch_shape)} and {tuple(components.event_shape)}"
+            )
+        shape = components.batch_shape
+        mean = components.mean
+        if log_weights is None:
+            log_weights = torch.zeros(shape, dtype=mean.dtype, device=mean.device)
+        if mask is not None:
+            mask = _check_mask(shape, mask, mean.device)
+            if not bool(mask.any(-1).all()):
+                raise ValueError("MixtureOfExperts needs at least one expert in every row")
+            log_weights = log_weights.masked_fill(~mask, -math.inf)
+        self.components = components
+        self.log_weights = log_weights - log_weights.logsumexp(-1, keepdim=True)
+        super().__init__(shape[:-1], components.event_shape, validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return self.components.support
+
+    @property
+    def num_experts(self) -> int:
+        return self.components.batch_shape[-1]
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + (self.num_experts,)
+        return MixtureOfExperts(
+            self.components.expand(shape), log_weights=self.log_weights.expand(shape),
+            validate_args=False,
+        )
+
+    def component_log_prob(self, value: Tensor) -> Tensor:
+        """``log q_m(z)`` for every expert ``m``, shape ``(..., *batch_shape, M)``."""
+        return self.components.log_prob(value.unsqueeze(-2))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return torch.logsumexp(self.component_log_prob(value) + self.log_weights, dim=-1)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        draws = self.components.rsample(sample_shape)  # (*s, *batch, M, D)
+        idx = dist.Categorical(logits=self.log_weights).sample(sample_shape)  # (*s, *batch)
+        idx = idx[..., None, None].expand(idx.shape + (1,) + self.event_shape)
+        return draws.gather(-2, idx).squeeze(-2)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return (self.log_weights.exp().unsqueeze(-1) * self.components.mean).sum(-2)
+
+
+def _check_mask(shape: torch.Size, mask: Tensor | None, device: torch.device) -> Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if mask.shape != shape:
+        raise ValueError(f"expert mask of shape {tuple(mask.shape)} does not match experts {tuple(shape)}")
+    return mask.bool()

@@ -1,0 +1,18 @@
+"""Objectives (``pyro.infer.ELBO`` subclasses), importance weights and KL schedules."""
+
+from .annealing import KLWarmup
+from .elbo import ELBO, IWAE
+from .importance import importance_log_weights, iwae_bound
+from .scaling import LatentScaleMessenger, scale_latents
+from .subsets import SubsampledELBO
+
+__all__ = [
+    "ELBO",
+    "IWAE",
+    "KLWarmup",
+    "LatentScaleMessenger",
+    "SubsampledELBO",
+    "importance_log_weights",
+    "iwae_bound",
+    "scale_latents",
+]

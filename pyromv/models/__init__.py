@@ -1,0 +1,20 @@
+"""Multimodal VAE models, registered by name."""
+
+from .base import MultimodalVAE
+from .config import ModelConfig
+from .io import build_model, load_model, save_model
+from .mvae import MVAE, MVAEConfig
+from .registry import get_model_class, register_model, registered_models
+
+__all__ = [
+    "MVAE",
+    "MVAEConfig",
+    "ModelConfig",
+    "MultimodalVAE",
+    "build_model",
+    "get_model_class",
+    "load_model",
+    "register_model",
+    "registered_models",
+    "save_model",
+]

@@ -1,0 +1,213 @@
+"""The base class of every multimodal VAE: a Pyro model/guide pair over partially observed data."""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.nn import PyroModule
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.trace_messenger import TraceMessenger
+from torch import Tensor, nn
+
+from ..data.batch import MultimodalBatch
+from ..data.modality import Modality
+from ..data.validation import check_modalities
+from ..distributions.likelihoods import build_likelihood
+from ..nn.registry import build_decoder, build_encoder
+from .config import ModelConfig
+
+
+def _capturing_params() -> bool:
+    """Is a ``poutine.trace(param_only=True)`` handler active (as in ``SVI.step``)?"""
+    return any(isinstance(h, TraceMessenger) and h.param_only for h in _PYRO_STACK)
+
+
+class MultimodalVAE(PyroModule):
+    r"""A multimodal VAE ``p(z) \prod_m p(x_m | z)`` with a guide ``q(z | X_obs)``.
+
+    Subclasses choose the fusion of the per-modality experts (:meth:`posterior`) and the
+    default objective (:meth:`default_loss`). The model observes each modality in a
+    sequential ``pyro.plate("modalities")`` under ``poutine.mask`` with the batch's row mask,
+    so a missing modality is marginalised exactly (masking it equals removing it from the
+    model); a feature-level mask masks entries inside the event.
+
+    Sites: ``z`` (shared latent) and ``x_{m}`` (observations), inside ``pyro.plate("batch")``.
+
+    Parameters live in this module (never in Pyro's global param store); the model and guide
+    announce them to ``pyro.infer.SVI`` so a plain SVI script trains them.
+    """
+
+    name = "base"
+    config_class: type[ModelConfig] = ModelConfig
+    max_plate_nesting = 1
+
+    def __init__(self, modalities: Sequence[Modality], config: ModelConfig | None = None) -> None:
+        super().__init__()
+        specs = check_modalities(modalities)
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        config = dataclasses.replace(config)  # our own copy: never mutate the caller's
+        config.validate()
+        self.config = config
+        self.modalities = list(specs.values())
+        D = config.latent_dim
+        self.likelihoods = nn.ModuleDict()
+        self.encoders = nn.ModuleDict()
+        self.decoders = nn.ModuleDict()
+        for m in self.modalities:
+            head = build_likelihood(m.likelihood, m.shape, m.likelihood_kwargs)
+            self.likelihoods[m.name] = head
+            self.encoders[m.name] = build_encoder(m.encoder.name, m.encoder.kwargs, head.input_shape, D)
+            self.decoders[m.name] = build_decoder(m.decoder.name, m.decoder.kwargs, D, head.param_shape)
+        self.register_buffer("prior_loc", torch.zeros(D))
+        self.register_buffer("prior_scale", torch.full((D,), float(config.prior_scale)))
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def modality(self, name: str) -> Modality:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise ValueError(f"unknown modality {name!r}: the model has {self.names}")
+
+    def prior(self) -> dist.TorchDistribution:
+        """``p(z) = N(0, prior_scale^2 I)`` with event shape ``(D,)``."""
+        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
+    def _announce_params(self) -> None:
+        # SVI collects parameters from param sites; emit one per parameter, only when asked.
+        if not _capturing_params():
+            return
+        for pname, p in self.named_parameters():
+            p.unconstrained = weakref.ref(p)
+            poutine.runtime.effectful(type="param")(lambda *_, _p=p, **__: _p)(
+                pname, p, constraint=constraints.real, name=pname
+            )
+
+    def _check_batch(self, batch: MultimodalBatch) -> None:
+        if not isinstance(batch, MultimodalBatch):
+            raise TypeError(f"expected a MultimodalBatch, got {type(batch).__name__}")
+        if set(batch.names) != set(self.names):
+            raise ValueError(f"batch has modalities {batch.names}; the model expects {self.names}")
+
+    # ------------------------------------------------------------------ encoders
+    def experts(self, batch: MultimodalBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Unimodal experts ``q_m(z | x_m)``: ``loc``, ``scale`` of shape ``(B, M, D)`` and
+        the expert mask ``(B, M)`` (row observes modality ``m``)."""
+        locs, scales, masks = [], [], []
+        for m in self.modalities:
+            x = self.likelihoods[m.name].encoder_input(batch.data[m.name])
+            loc, scale = self.encoders[m.name](x)
+            locs.append(loc)
+            scales.append(scale)
+            masks.append(batch.row_mask(m.name))
+        return torch.stack(locs, -2), torch.stack(scales, -2), torch.stack(masks, -1)
+
+    def posterior(self, batch: MultimodalBatch) -> dist.TorchDistribution:
+        """The fused guide distribution ``q(z | X_obs)`` of batch shape ``(B,)``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ model / guide
+    def observe(self, batch: MultimodalBatch, z: Tensor) -> None:
+        """The likelihood sites ``x_{m}``; missing modalities are masked, never imputed."""
+        for i in pyro.plate("modalities", len(self.modalities)):
+            m = self.modalities[i]
+            rows = batch.row_mask(m.name)
+            if not bool(rows.any()):
+                continue  # masked in every row: contributes exactly zero, skip the decoder
+            fn = self.likelihoods[m.name](self.decoders[m.name](z))
+            features = batch.feature_mask(m.name)
+            if features is not None:
+                fn = fn.mask(features)
+            fn = fn.to_event(len(m.shape))
+            with poutine.mask(mask=rows), poutine.scale(scale=m.rescale):
+                pyro.sample(f"x_{m.name}", fn, obs=batch.data[m.name])
+
+    def model(self, batch: MultimodalBatch) -> None:
+        """``z ~ p(z)``; ``x_m ~ p(x_m | z)`` for each observed modality."""
+        self._check_batch(batch)
+        self._announce_params()
+        with pyro.plate("batch", batch.batch_size):
+            z = pyro.sample("z", self.prior())
+            self.observe(batch, z)
+
+    def guide(self, batch: MultimodalBatch) -> None:
+        """``z ~ q(z | X_obs)``, the model's fusion of the observed experts."""
+        self._check_batch(batch)
+        self._announce_params()
+        with pyro.plate("batch", batch.batch_size):
+            pyro.sample("z", self.posterior(batch))
+
+    # ------------------------------------------------------------------ the common surface
+    def default_loss(self) -> pyro.infer.ELBO:
+        """The paper's objective with this model's options."""
+        from ..infer import ELBO
+
+        return ELBO(num_particles=self.config.num_particles, beta=self.config.beta,
+                    max_plate_nesting=self.max_plate_nesting)
+
+    def encode(self, batch: MultimodalBatch) -> dist.TorchDistribution:
+        """The fused posterior ``q(z | X_obs)`` of each row."""
+        self._check_batch(batch)
+        return self.posterior(batch)
+
+    def decode(self, z: Tensor) -> dict[str, dist.TorchDistribution]:
+        """``p(x_m | z)`` for every modality (event shape = the modality's shape)."""
+        return {
+            m.name: self.likelihoods[m.name](self.decoders[m.name](z)).to_event(len(m.shape))
+            for m in self.modalities
+        }
+
+    def _point(self, z: Tensor, targets: Sequence[str] | None) -> dict[str, Tensor]:
+        names = self.names if targets is None else list(targets)
+        for t in names:
+            self.modality(t)
+        return {t: self.likelihoods[t].mean(self.decoders[t](z)) for t in names}
+
+    @torch.no_grad()
+    def reconstruct(self, batch: MultimodalBatch, sample: bool = False) -> dict[str, Tensor]:
+        """Decode the posterior mean (or a sample) of each row into every modality."""
+        q = self.encode(batch)
+        return self._point(q.sample() if sample else q.mean, None)
+
+    @torch.no_grad()
+    def cross_generate(
+        self, batch: MultimodalBatch, targets: Sequence[str] | None = None, sample: bool = False,
+    ) -> dict[str, Tensor]:
+        """Generate ``targets`` (default all) from what each row observes.
+
+        Restrict the batch first (``batch.restrict([...])``) to condition on a chosen subset.
+        """
+        q = self.encode(batch)
+        return self._point(q.sample() if sample else q.mean, targets)
+
+    @torch.no_grad()
+    def generate(self, n: int, targets: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Decode ``n`` draws from the prior into every modality (means of ``p(x_m | z)``)."""
+        z = self.prior().sample((n,))
+        return self._point(z, targets)
+
+    # ------------------------------------------------------------------ description
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable description: everything needed to rebuild the model."""
+        return {
+            "model": self.name,
+            "config": dataclasses.asdict(self.config),
+            "modalities": [m.to_dict() for m in self.modalities],
+        }

@@ -1,0 +1,37 @@
+"""Options shared by every model; each model extends this dataclass with its paper's options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    """Common options (also a Hydra structured config).
+
+    Attributes
+    ----------
+    latent_dim : int
+        Size of the shared latent ``z``.
+    beta : float
+        Weight of the KL term (1 is the ELBO).
+    num_particles : int
+        Particles of the default objective (``K`` for IWAE).
+    prior_scale : float
+        Standard deviation of the ``N(0, prior_scale^2 I)`` prior.
+    """
+
+    latent_dim: int = 16
+    beta: float = 1.0
+    num_particles: int = 1
+    prior_scale: float = 1.0
+
+    def validate(self) -> None:
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
+        if not self.prior_scale > 0:
+            raise ValueError(f"prior_scale must be positive, got {self.prior_scale}")

@@ -1,0 +1,30 @@
+"""Models registered by name, with their config dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_MODELS: dict[str, type] = {}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    """Class decorator: register a :class:`~pyromv.models.MultimodalVAE` under ``name``."""
+
+    def deco(cls: type) -> type:
+        if name in _MODELS and _MODELS[name] is not cls:
+            raise ValueError(f"a model named {name!r} is already registered")
+        _MODELS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def get_model_class(name: str) -> type:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; registered: {sorted(_MODELS)}")
+    return _MODELS[name]
+
+
+def registered_models() -> list[str]:
+    return sorted(_MODELS)

@@ -1,0 +1,6 @@
+"""Training: the optimisation loop, checkpoints and exact resume."""
+
+from .checkpoint import find_checkpoint, write_checkpoint
+from .trainer import NonFiniteLossError, Trainer, TrainerConfig
+
+__all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig", "find_checkpoint", "write_checkpoint"]

@@ -1,0 +1,249 @@
+"""The optimisation loop: epochs, validation, early stopping, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ..data.dataset import MultimodalDataset
+from ..infer import ELBO, KLWarmup
+from ..models.base import MultimodalVAE
+from ..models.io import load_weights
+from .checkpoint import find_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or its gradient became NaN or infinite during training."""
+
+
+@dataclass
+class TrainerConfig:
+    """Options of :class:`Trainer` (also a Hydra structured config).
+
+    Attributes
+    ----------
+    epochs : int
+        Maximum number of passes over the training set.
+    batch_size : int
+        Rows per step.
+    lr : float
+        Adam learning rate (when no optimiser is given).
+    val_fraction : float
+        Held out from the training set for validation when no validation set is given
+        (0 disables validation and early stopping).
+    patience : int
+        Stop after this many epochs without a validation improvement (0: never).
+    min_delta : float
+        Smallest decrease of the validation loss that counts as an improvement.
+    grad_clip : float
+        Max gradient norm, clipped after ``backward()`` (0: no clipping).
+    kl_warmup_epochs : float
+        Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: off).
+    seed : int
+        Seeds torch, numpy and Python and the shuffling of batches.
+    validate_pyro : bool
+        Keep Pyro's distribution validation on while training (slower).
+    progress : bool
+        Show a tqdm progress bar.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    patience: int = 10
+    min_delta: float = 0.0
+    grad_clip: float = 0.0
+    kl_warmup_epochs: float = 0.0
+    seed: int = 0
+    validate_pyro: bool = False
+    progress: bool = True
+
+
+class Trainer:
+    """Fit a :class:`~pyromv.models.MultimodalVAE` with a torch optimiser on an objective's
+    ``differentiable_loss``.
+
+    Each epoch ends with a validation pass (the negative ELBO per row, beta = 1), early-stopping
+    bookkeeping and, with ``checkpoint_dir``, an atomic checkpoint ``checkpoint_dir/last``
+    (model, optimiser, RNG states, epoch, history) plus ``checkpoint_dir/best`` (the model with
+    the best validation loss). ``fit(resume=True)`` continues from ``last`` exactly where it
+    stopped: the same run interrupted and resumed gives the same weights as one uninterrupted.
+
+    Parameters
+    ----------
+    model : MultimodalVAE
+    loss : pyro.infer.ELBO, optional
+        The objective (default ``model.default_loss()``).
+    optimizer : torch.optim.Optimizer, optional
+        Default Adam on ``model.parameters()`` with ``config.lr``.
+    config : TrainerConfig, optional
+    checkpoint_dir : path, optional
+    callbacks : sequence of callables
+        Called as ``callback(trainer, record)`` after each epoch with the epoch's metrics.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalVAE,
+        loss: pyro.infer.ELBO | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        config: TrainerConfig | None = None,
+        checkpoint_dir: str | Path | None = None,
+        callbacks: Sequence[Callable[[Trainer, dict[str, Any]], None]] = (),
+    ) -> None:
+        self.model = model
+        self.config = config if config is not None else TrainerConfig()
+        self.loss = loss if loss is not None else model.default_loss()
+        self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=self.config.lr)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.eval_loss = ELBO(max_plate_nesting=model.max_plate_nesting)
+        self.generator = torch.Generator()
+        self.epoch = 0
+        self.step = 0
+        self.best_val = math.inf
+        self.stale_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.stopped_early = False
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, dataset: MultimodalDataset, batch_size: int | None = None) -> float:
+        """Mean negative ELBO per row of ``dataset`` (analytic KL, beta = 1)."""
+        was_training = self.model.training
+        self.model.eval()
+        total = 0.0
+        for batch in dataset.batches(batch_size or self.config.batch_size):
+            total += float(self.eval_loss.differentiable_loss(self.model.model, self.model.guide, batch))
+        self.model.train(was_training)
+        return total / len(dataset)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / "last"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val": self.best_val,
+            "stale_epochs": self.stale_epochs,
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(self.generator),
+            "trainer_config": asdict(self.config),
+        }
+
+    def _resume(self) -> bool:
+        if self.checkpoint_dir is None:
+            return False
+        found = find_checkpoint(self.checkpoint_dir / "last")
+        if found is None:
+            return False
+        saved = json.loads((found / "config.json").read_text())
+        saved.pop("format_version", None)
+        if saved != json.loads(json.dumps(self.model.describe())):
+            raise ValueError(
+                f"the checkpoint in {found} was written by a different model (model, config or "
+                "modalities differ); use a new checkpoint_dir or build the same model"
+            )
+        self.model.load_state_dict(load_weights(found))
+        state = read_state(found)
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], self.generator)
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_val, self.stale_epochs = state["best_val"], state["stale_epochs"]
+        self.history, self.stopped_early = list(state["history"]), state["stopped_early"]
+        return True
+
+    # ------------------------------------------------------------------ training
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        if not bool(torch.isfinite(value)):
+            where = (f"; the last good checkpoint is {self.last_checkpoint}"
+                     if self.last_checkpoint is not None and self.last_checkpoint.exists() else "")
+            raise NonFiniteLossError(
+                f"{what} is {float(value)} at epoch {self.epoch + 1}, step {self.step}{where}. "
+                "Lower the learning rate, enable grad_clip, or check the data for extreme values."
+            )
+
+    def _train_epoch(self, train: MultimodalDataset, warmup: KLWarmup) -> float:
+        self.model.train()
+        total = 0.0
+        for batch in train.batches(self.config.batch_size, shuffle=True, generator=self.generator):
+            if hasattr(self.loss, "kl_anneal"):
+                self.loss.kl_anneal = warmup.factor(self.step)
+            loss = self.loss.differentiable_loss(self.model.model, self.model.guide, batch)
+            self._check_finite(loss, "the training loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                self._check_finite(norm, "the gradient norm")
+            self.optimizer.step()
+            self.step += 1
+            total += float(loss.detach())
+        return total / len(train)
+
+    def fit(
+        self, train: MultimodalDataset, val: MultimodalDataset | None = None, resume: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Train; returns the history (one record of metrics per epoch)."""
+        cfg = self.config
+        if val is None and cfg.val_fraction > 0:
+            train, val = train.split(cfg.val_fraction, seed=cfg.seed)
+        if not (resume and self._resume()):
+            torch.manual_seed(cfg.seed)
+            self.generator.manual_seed(cfg.seed)
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        warmup = KLWarmup(steps=int(round(cfg.kl_warmup_epochs * steps_per_epoch)))
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="training", unit="epoch",
+                   disable=not cfg.progress, dynamic_ncols=True)
+        try:
+            with pyro.validation_enabled(cfg.validate_pyro):
+                while self.epoch < cfg.epochs and not self.stopped_early:
+                    start = time.perf_counter()
+                    train_loss = self._train_epoch(train, warmup)
+                    record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss}
+                    if val is not None:
+                        record["val_loss"] = self.evaluate(val)
+                    record["seconds"] = time.perf_counter() - start
+                    self._end_epoch(record)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("loss")})
+        finally:
+            bar.close()
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / "best").exists():
+            self.model.load_state_dict(load_weights(self.checkpoint_dir / "best"))
+        return self.history
+
+    def _end_epoch(self, record: dict[str, Any]) -> None:
+        self.epoch += 1
+        improved = False
+        if "val_loss" in record:
+            improved = record["val_loss"] < self.best_val - self.config.min_delta
+            if improved:
+                self.best_val, self.stale_epochs = record["val_loss"], 0
+            else:
+                self.stale_epochs += 1
+                if self.config.patience and self.stale_epochs >= self.config.patience:
+                    self.stopped_early = True
+        record["improved"] = improved
+        self.history.append(record)
+        if self.checkpoint_dir is not None:
+            if improved:
+                write_checkpoint(self.checkpoint_dir / "best", self.model)
+            write_checkpoint(self.checkpoint_dir / "last", self.model, self._state())
+        for callback in self.callbacks:
+            callback(self, record)

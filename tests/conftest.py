@@ -1,0 +1,19 @@
+"""Shared fixtures: a clean Pyro param store, seeded RNGs and Pyro validation for every test."""
+
+import random
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _clean_pyro_state():
+    pyro.clear_param_store()
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002  (seeds the legacy global RNG that libraries may use)
+    torch.manual_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
