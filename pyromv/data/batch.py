@@ -65,6 +65,9 @@ class MultimodalBatch:
 
     def with_row_masks(self, masks: dict[str, Tensor]) -> MultimodalBatch:
         """Intersect each modality's observation mask with a ``(B,)`` row mask."""
+        unknown = set(masks) - set(self.obs_mask)
+        if unknown:
+            raise ValueError(f"unknown modality {sorted(unknown)}; the batch has {self.names}")
         out = dict(self.obs_mask)
         for m, rows in masks.items():
             mask = self.obs_mask[m]

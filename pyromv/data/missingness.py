@@ -20,7 +20,9 @@ def mcar(
     Each row loses modality ``m`` independently with probability ``rate[m]`` (or ``rate``
     for every modality), on top of what was already missing. With
     ``keep_at_least_one=True``, a row that would lose every observed modality keeps one of
-    them, chosen uniformly; the realised rates are then slightly below ``rate``.
+    them, chosen uniformly; the realised rates are then slightly below ``rate``. With
+    ``keep_at_least_one=False`` such rows are dropped (with a warning), so the result can
+    have fewer rows than the input.
 
     Returns a new data set; the input is not changed.
     """

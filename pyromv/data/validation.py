@@ -86,13 +86,13 @@ def validate_data(
                 f"modality {name!r} has {x.shape[0]} rows but modality {first!r} has {n_rows}"
             )
         if spec.likelihood in _INTEGER_LIKELIHOODS:
-            if x.is_floating_point():
-                nan = torch.isnan(x)
-                x = torch.where(nan, torch.zeros_like(x), x)
-            else:
-                nan = torch.zeros_like(x, dtype=torch.bool)
+            nan = torch.isnan(x) if x.is_floating_point() else torch.zeros_like(x, dtype=torch.bool)
+            x = torch.where(nan, torch.zeros_like(x), x)
+            if x.is_floating_point() and not bool((x == x.round()).all()):
+                raise ValueError(f"modality {name!r}: categorical data must hold whole numbers")
+            x = x.long()
         else:
-            x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
+            x = x.to(torch.get_default_dtype())
             nan = torch.isnan(x)
 
         if name in obs_mask and obs_mask[name] is not None:

@@ -44,6 +44,8 @@ class PolyDigits:
         How many rows anchor on each image of a pool.
     likelihood : str
         Likelihood head of every modality (values are in ``[0, 1]``).
+    likelihood_scale : float
+        Fixed scale (standard deviation for ``"normal"``) of the ``"normal"``/``"laplace"`` heads.
     encoder, decoder : str
         Registered network names (``"mlp"``, ``"conv"``, ``"linear"`` ...).
     hidden_dim : int
@@ -90,7 +92,8 @@ class PolyDigits:
     seed: int = 0
     test_fraction: float = 0.2
     rows_per_image: int = 1
-    likelihood: str = "continuous_bernoulli"
+    likelihood: str = "laplace"
+    likelihood_scale: float = 0.1
     encoder: str = "mlp"
     decoder: str = "mlp"
     hidden_dim: int = 128
@@ -134,11 +137,17 @@ class PolyDigits:
                 name,
                 IMAGE_SHAPE,
                 likelihood=self.likelihood,
+                likelihood_kwargs=self._likelihood_kwargs(),
                 encoder=self._network(self.encoder),
                 decoder=self._network(self.decoder),
             )
             for name in self.names
         ]
+
+    def _likelihood_kwargs(self) -> dict[str, Any]:
+        if self.likelihood in ("normal", "laplace"):
+            return {"scale": float(self.likelihood_scale)}
+        return {}
 
     def _built(self) -> dict[str, Any]:
         self.check()

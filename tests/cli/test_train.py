@@ -1,0 +1,62 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize
+
+from pyromv.cli.train import run
+from pyromv.models import load_model
+
+
+def _config(*overrides):
+    with initialize(version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+def test_defaults_are_mvae_on_polydigits_with_30_percent_missing():
+    cfg = _config()
+    assert cfg.missing_rate == 0.3
+    assert cfg.data.num_modalities == 3
+    assert cfg.model.objective == "subsampled"
+
+
+def test_run_writes_checkpoint_metrics_and_pictures(tmp_path):
+    cfg = _config("trainer.epochs=2", "trainer.progress=false", "model.latent_dim=4",
+                  "data.hidden_dim=16")
+    metrics = run(cfg, "mvae", "polydigits", tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test_elbo"] == pytest.approx(metrics["test_elbo"])
+    assert len(saved["history"]) == 2
+    # 30% MCAR on the training set, every row keeps at least one modality
+    for fraction in saved["train_observed_fraction"].values():
+        assert 0.6 < fraction < 0.8
+    for name in ("cross_generation.png", "samples.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "checkpoint" / "last" / "training_state.pt").is_file()
+    model = load_model(tmp_path / "model")
+    assert model.config.latent_dim == 4
+
+
+def test_rerun_in_the_same_directory_resumes(tmp_path):
+    cfg = _config("trainer.epochs=1", "trainer.progress=false", "model.latent_dim=4",
+                  "data.hidden_dim=16")
+    run(cfg, "mvae", "polydigits", tmp_path)
+    cfg = _config("trainer.epochs=2", "trainer.progress=false", "model.latent_dim=4",
+                  "data.hidden_dim=16")
+    metrics = run(cfg, "mvae", "polydigits", tmp_path)
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_console_script_prints_the_test_elbo(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run(
+        [sys.executable, "-m", "pyromv.cli.train", f"hydra.run.dir={tmp_path}", "trainer.epochs=1",
+         "trainer.progress=false", "model.latent_dim=4"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "test ELBO:" in out.stdout
+    assert (tmp_path / "metrics.json").is_file()

@@ -1,0 +1,18 @@
+"""The README's commands and CI's script must agree (CI runs what a new user runs)."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = ROOT.joinpath("README.md").read_text()
+    ci = ROOT.joinpath(".ci", "run").read_text()
+    test_command = 'pip install -e ".[test]" && pytest'
+    assert f"python -m venv .venv && . .venv/bin/activate && {test_command}" in readme
+    assert test_command in ci.splitlines()
+
+
+def test_readme_main_job_command():
+    readme = ROOT.joinpath("README.md").read_text()
+    assert "python -m venv .venv && . .venv/bin/activate && pip install -e . && pyromv-train" in readme
