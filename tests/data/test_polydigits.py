@@ -50,12 +50,20 @@ def test_split_sizes_stratified(digits):
     np.testing.assert_array_equal(test_counts, np.round(0.2 * counts).astype(int))
 
 
+def test_likelihood_scale_only_for_location_scale_heads():
+    (mod, *_) = PolyDigits(likelihood="continuous_bernoulli").modalities()
+    assert mod.likelihood_kwargs == {}
+    (mod, *_) = PolyDigits(likelihood="normal", likelihood_scale=0.2).modalities()
+    assert mod.likelihood_kwargs == {"scale": 0.2}
+
+
 def test_modality_specs():
     mods = PolyDigits(num_modalities=4, hidden_dim=16).modalities()
     assert [m.name for m in mods] == ["m0", "m1", "m2", "m3"]
     for mod in mods:
         assert mod.shape == (1, 8, 8)
-        assert mod.likelihood == "continuous_bernoulli"
+        assert mod.likelihood == "laplace"
+        assert mod.likelihood_kwargs == {"scale": 0.1}
         assert mod.encoder.name == "mlp" and mod.decoder.name == "mlp"
         assert list(mod.encoder.kwargs["hidden_dims"]) == [16, 16]
 

@@ -85,6 +85,7 @@ def test_laplace_fixed_scale_is_the_scale(scale):
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a fixed scale below min_scale (default 1e-3) is silently replaced by ~min_scale "
     "(_LocationScaleHead.__init__ clamps scale - min_scale to 1e-6)",
 )
@@ -151,9 +152,8 @@ def test_bernoulli_heads_take_logits():
     logits = torch.randn(4, 3)
     x = torch.randint(2, (4, 3)).float()
     b = build_likelihood("bernoulli", (3,))
-    expected = x * torch.nn.functional.logsigmoid(logits) + (1 - x) * torch.nn.functional.logsigmoid(
-        -logits
-    )
+    logsig = torch.nn.functional.logsigmoid
+    expected = x * logsig(logits) + (1 - x) * logsig(-logits)
     assert_close(b(logits).log_prob(x), expected)
     cb = build_likelihood("continuous_bernoulli", (3,))
     xs = torch.rand(4, 3)
