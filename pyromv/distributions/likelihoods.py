@@ -102,17 +102,25 @@ class _LocationScaleHead(LikelihoodHead):
         super().__init__(shape)
         if not scale > 0:
             raise ValueError(f"{self.name} likelihood: scale must be positive, got {scale}")
-        self.min_scale = float(min_scale)
-        init = torch.full(shape if scale_per_feature else (), math.log(max(scale - min_scale, 1e-6)))
-        if learn_scale:
-            self.raw_scale = nn.Parameter(init)
+        size = shape if scale_per_feature else ()
+        self.learn_scale = bool(learn_scale)
+        if self.learn_scale:
+            if not scale > min_scale:
+                raise ValueError(
+                    f"{self.name} likelihood: initial scale {scale} must exceed min_scale {min_scale}"
+                )
+            # scale = exp(raw) + min_scale keeps a learned scale away from zero
+            self.min_scale = float(min_scale)
+            self.raw_scale = nn.Parameter(torch.full(size, math.log(scale - min_scale)))
         else:
-            self.register_buffer("raw_scale", init)
+            self.register_buffer("fixed_scale", torch.full(size, float(scale)))
 
     @property
     def scale(self) -> Tensor:
         """The standard deviation (Normal) or scale (Laplace), never a variance."""
-        return self.raw_scale.exp() + self.min_scale
+        if self.learn_scale:
+            return self.raw_scale.exp() + self.min_scale
+        return self.fixed_scale
 
     def forward(self, params: Tensor) -> dist.TorchDistribution:
         return self.family(params, self.scale.expand(params.shape))

@@ -68,10 +68,11 @@ def write_checkpoint(folder: str | os.PathLike, model: MultimodalVAE, state: dic
         if state is not None:
             torch.save(state, tmp / STATE_NAME)
         old = folder.with_name(f".{folder.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
         if folder.exists():
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(folder, old)
+        # until this rename, `folder` or `.old` holds the previous complete checkpoint
         os.replace(tmp, folder)
         if old.exists():
             shutil.rmtree(old)

@@ -25,6 +25,13 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or its gradient became NaN or infinite during training."""
 
 
+def _grad_norm(parameters) -> torch.Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 @dataclass
 class TrainerConfig:
     """Options of :class:`Trainer` (also a Hydra structured config).
@@ -174,7 +181,7 @@ class Trainer:
             where = (f"; the last good checkpoint is {self.last_checkpoint}"
                      if self.last_checkpoint is not None and self.last_checkpoint.exists() else "")
             raise NonFiniteLossError(
-                f"{what} is {float(value)} at epoch {self.epoch + 1}, step {self.step}{where}. "
+                f"{what} is {float(value.detach())} at epoch {self.epoch + 1}, step {self.step}{where}. "
                 "Lower the learning rate, enable grad_clip, or check the data for extreme values."
             )
 
@@ -190,7 +197,9 @@ class Trainer:
             loss.backward()
             if self.config.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-                self._check_finite(norm, "the gradient norm")
+            else:
+                norm = _grad_norm(self.model.parameters())
+            self._check_finite(norm, "the gradient norm")
             self.optimizer.step()
             self.step += 1
             total += float(loss.detach())
@@ -218,6 +227,7 @@ class Trainer:
                     record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss}
                     if val is not None:
                         record["val_loss"] = self.evaluate(val)
+                        self._check_finite(torch.tensor(record["val_loss"]), "the validation loss")
                     record["seconds"] = time.perf_counter() - start
                     self._end_epoch(record)
                     bar.update(1)

@@ -257,13 +257,6 @@ def _nan_loss_run(tmp_path):
     return ck, snaps, steps_per_epoch, str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UserWarning,
-    reason="Trainer._check_finite formats the message with float(value) on the loss that still "
-    "requires grad: torch warns 'Converting a tensor with requires_grad=True to a scalar', "
-    "which under the project's filterwarnings=error replaces the NonFiniteLossError",
-)
 def test_nan_loss_raises_without_stray_warning(tmp_path):
     _nan_loss_run(tmp_path)
 
@@ -301,14 +294,6 @@ def test_nan_gradient_is_caught_with_grad_clip(tmp_path):
     assert any(not torch.equal(v, before[k]) for k, v in after.items())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Trainer._train_epoch checks the gradient only when grad_clip > 0: a finite loss "
-    "with a NaN gradient steps the optimiser, the NaN weights are evaluated and written to "
-    "checkpoint_dir/last, and the next step's NonFiniteLossError then points to that "
-    "NaN checkpoint as 'the last good checkpoint'",
-)
 @pytest.mark.filterwarnings(_FLOAT_OF_GRAD_TENSOR)
 @pytest.mark.filterwarnings("ignore:Encountered NaN")  # pyro's warning on the NaN-weight losses
 def test_nan_gradient_without_clipping_never_reaches_a_checkpoint(tmp_path):
@@ -438,13 +423,6 @@ def test_find_checkpoint_falls_back_to_old_after_interrupted_swap(tmp_path, monk
     assert not (tmp_path / ".last.old").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="write_checkpoint deletes .{name}.old (rmtree) before the new folder is in place: "
-    "after an interrupted swap left only .last.old, a second interruption at the swap leaves "
-    "no checkpoint at all",
-)
 def test_second_interrupted_swap_still_leaves_a_checkpoint(tmp_path, monkeypatch):
     model = _model()
     _write(tmp_path / "last", model, 1)
