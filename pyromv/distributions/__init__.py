@@ -1,6 +1,7 @@
 """Likelihood heads and fusion distributions (product and mixture of experts)."""
 
-from .fusion import MixtureOfExperts, ProductOfExperts
+from .detach import detach_distribution
+from .fusion import MixtureOfExperts, ProductOfExperts, StratifiedMixture
 from .likelihoods import (
     LikelihoodHead,
     build_likelihood,
@@ -12,7 +13,9 @@ __all__ = [
     "LikelihoodHead",
     "MixtureOfExperts",
     "ProductOfExperts",
+    "StratifiedMixture",
     "build_likelihood",
+    "detach_distribution",
     "register_likelihood",
     "registered_likelihoods",
 ]

@@ -177,3 +177,104 @@ def _check_mask(shape: torch.Size, mask: Tensor | None, device: torch.device) ->
     if mask.shape != shape:
         raise ValueError(f"expert mask of shape {tuple(mask.shape)} does not match experts {tuple(shape)}")
     return mask.bool()
+
+
+class StratifiedMixture(TorchDistribution):
+    r"""Every expert sampled once, every sample scored by the whole mixture.
+
+    For experts ``q_e`` with batch shape ``(E, *batch)`` (experts first, the layout of a
+    ``pyro.plate("experts", E)`` left of the batch plate), ``rsample`` returns one
+    reparameterised draw per expert, ``z_e ~ q_e``, and ``log_prob`` scores each ``z_e`` with
+    the mixture density of its row:
+
+    .. math:: \log q(z_e) = \operatorname{logsumexp}_j \big(\log w_j + \log q_j(z_e)\big)
+
+    This is the stratified sampling of a mixture used by MMVAE's objectives (Shi et al. 2019,
+    Sec. 3): averaging over experts with weights ``w`` gives an unbiased estimate of
+    expectations under the mixture, with reparameterised gradients. It is *not* a sampler of
+    the mixture itself (use :class:`MixtureOfExperts` for that).
+
+    Parameters
+    ----------
+    components : Distribution
+        Batch shape ``(E, *batch)``, event shape ``(D,)``.
+    mask : BoolTensor, optional
+        ``(E, *batch)``: experts included in the mixture of each row.
+    """
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, components: TorchDistribution, mask: Tensor | None = None,
+                 validate_args: bool | None = None) -> None:
+        if len(components.batch_shape) < 1 or len(components.event_shape) != 1:
+            raise ValueError(
+                "StratifiedMixture needs components of batch shape (E, *batch_shape) and event "
+                f"shape (D,), got {tuple(components.batch_shape)} and {tuple(components.event_shape)}"
+            )
+        shape = components.batch_shape
+        mask = _check_mask(shape, mask, components.mean.device)
+        if not bool(mask.any(0).all()):
+            raise ValueError("StratifiedMixture needs at least one expert in every row")
+        log_w = torch.zeros(shape, dtype=components.mean.dtype, device=mask.device)
+        log_w = log_w.masked_fill(~mask, -math.inf)
+        self.components, self.mask = components, mask
+        self.log_weights = log_w - log_w.logsumexp(0, keepdim=True)
+        super().__init__(shape, components.event_shape, validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return self.components.support
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape[len(batch_shape) - len(self.batch_shape):] != self.batch_shape:
+            raise ValueError(f"StratifiedMixture cannot expand {tuple(self.batch_shape)} to {tuple(batch_shape)}")
+        return _ExpandedStratified(self, batch_shape)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        return self.components.rsample(sample_shape)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        n = len(self.batch_shape)  # value: (..., E, *batch, D)
+        comp = self.components.log_prob(value.unsqueeze(-n - 1))  # (..., E, E_j, *batch)
+        return torch.logsumexp(comp + self.log_weights, dim=-n)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.components.mean
+
+
+class _ExpandedStratified(StratifiedMixture):
+    """A :class:`StratifiedMixture` with extra batch dims on the left (e.g. particles)."""
+
+    def __init__(self, base: StratifiedMixture, batch_shape: torch.Size) -> None:
+        self.base = base
+        TorchDistribution.__init__(self, batch_shape, base.event_shape, validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        lead = self.batch_shape[: len(self.batch_shape) - len(self.base.batch_shape)]
+        return self.base.rsample(torch.Size(sample_shape) + lead)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base.log_prob(value)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.base.mean.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def components(self):
+        return self.base.components
+
+    @property
+    def mask(self):
+        return self.base.mask
+
+    @property
+    def log_weights(self):
+        return self.base.log_weights

@@ -1,7 +1,8 @@
 """Objectives (``pyro.infer.ELBO`` subclasses), importance weights and KL schedules."""
 
 from .annealing import KLWarmup
-from .elbo import ELBO, IWAE
+from .bounds import IWAE, StratifiedELBO, StratifiedIWAE
+from .elbo import ELBO
 from .importance import importance_log_weights, iwae_bound
 from .scaling import LatentScaleMessenger, scale_latents
 from .subsets import SubsampledELBO
@@ -11,6 +12,8 @@ __all__ = [
     "IWAE",
     "KLWarmup",
     "LatentScaleMessenger",
+    "StratifiedELBO",
+    "StratifiedIWAE",
     "SubsampledELBO",
     "importance_log_weights",
     "iwae_bound",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +61,7 @@ class MultimodalVAE(PyroModule):
         self.config = config
         self.modalities = list(specs.values())
         D = config.latent_dim
+        self.private_dim = int(getattr(config, "private_latent_dim", 0))
         self.likelihoods = nn.ModuleDict()
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
@@ -67,7 +69,21 @@ class MultimodalVAE(PyroModule):
             head = build_likelihood(m.likelihood, m.shape, m.likelihood_kwargs)
             self.likelihoods[m.name] = head
             self.encoders[m.name] = build_encoder(m.encoder.name, m.encoder.kwargs, head.input_shape, D)
-            self.decoders[m.name] = build_decoder(m.decoder.name, m.decoder.kwargs, D, head.param_shape)
+            self.decoders[m.name] = build_decoder(
+                m.decoder.name, m.decoder.kwargs, D + self.private_dim, head.param_shape
+            )
+        if self.private_dim:
+            # modality-specific latents w_m ~ N(0, I) with encoders q(w_m | x_m)
+            self.private_encoders = nn.ModuleDict({
+                m.name: build_encoder(m.encoder.name, m.encoder.kwargs, self.likelihoods[m.name].input_shape,
+                                      self.private_dim)
+                for m in self.modalities
+            })
+        sizes = {m.name: math.prod(m.shape) for m in self.modalities}
+        self.likelihood_weights = {
+            m.name: m.rescale * (max(sizes.values()) / sizes[m.name] if config.likelihood_rescaling == "dims" else 1.0)
+            for m in self.modalities
+        }
         self.register_buffer("prior_loc", torch.zeros(D))
         self.register_buffer("prior_scale", torch.full((D,), float(config.prior_scale)))
 
@@ -119,31 +135,85 @@ class MultimodalVAE(PyroModule):
             masks.append(batch.row_mask(m.name))
         return torch.stack(locs, -2), torch.stack(scales, -2), torch.stack(masks, -1)
 
+    def _prior_for_empty_rows(self, loc: Tensor, scale: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For mixtures: a row with no active component gets the prior as its one component,
+        so ``q(z | nothing) = p(z)`` (``loc``/``scale`` ``(B, E, D)``, ``mask`` ``(B, E)``)."""
+        empty = ~mask.any(-1)
+        if not bool(empty.any()):
+            return loc, scale, mask
+        prior = self.prior()
+        first = torch.zeros_like(mask)
+        first[:, 0] = empty
+        loc = torch.where(first.unsqueeze(-1), prior.mean.expand_as(loc), loc)
+        scale = torch.where(first.unsqueeze(-1), prior.base_dist.scale.expand_as(scale), scale)
+        return loc, scale, mask | first
+
     def posterior(self, batch: MultimodalBatch) -> dist.TorchDistribution:
         """The fused guide distribution ``q(z | X_obs)`` of batch shape ``(B,)``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ model / guide
-    def observe(self, batch: MultimodalBatch, z: Tensor) -> None:
+    def observe(self, batch: MultimodalBatch, z: Tensor, private: dict[str, Tensor] | None = None) -> None:
         """The likelihood sites ``x_{m}``; missing modalities are masked, never imputed."""
         for i in pyro.plate("modalities", len(self.modalities)):
             m = self.modalities[i]
             rows = batch.row_mask(m.name)
             if not bool(rows.any()):
                 continue  # masked in every row: contributes exactly zero, skip the decoder
-            fn = self.likelihoods[m.name](self.decoders[m.name](z))
+            fn = self.likelihoods[m.name](self.decoders[m.name](self._decoder_input(m.name, z, private)))
             features = batch.feature_mask(m.name)
             if features is not None:
                 fn = fn.mask(features)
             fn = fn.to_event(len(m.shape))
-            with poutine.mask(mask=rows), poutine.scale(scale=m.rescale):
+            with poutine.mask(mask=rows), poutine.scale(scale=self.likelihood_weights[m.name]):
                 pyro.sample(f"x_{m.name}", fn, obs=batch.data[m.name])
+
+    # ------------------------------------------------------------------ private latents
+    def _decoder_input(self, name: str, z: Tensor, private: dict[str, Tensor] | None) -> Tensor:
+        if not self.private_dim:
+            return z
+        w = private[name] if private is not None and name in private else self.private_prior().sample(z.shape[:-1])
+        return torch.cat([z, w.expand(z.shape[:-1] + w.shape[-1:])], -1)
+
+    def private_prior(self) -> dist.TorchDistribution:
+        """``p(w_m) = N(0, I)`` of every modality-specific latent."""
+        zeros = self.prior_loc.new_zeros(self.private_dim)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def private_posterior(self, batch: MultimodalBatch, name: str) -> dist.TorchDistribution:
+        """``q(w_m | x_m)`` of each row, batch shape ``(B,)``."""
+        x = self.likelihoods[name].encoder_input(batch.data[name])
+        loc, scale = self.private_encoders[name](x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def sample_private(self, batch: MultimodalBatch, guide: bool) -> dict[str, Tensor]:
+        """Sites ``w_{m}`` (prior in the model, ``q(w_m | x_m)`` in the guide), masked where the
+        row misses ``m``; call inside the batch plate."""
+        out = {}
+        for m in self.names:
+            with poutine.mask(mask=batch.row_mask(m)):
+                fn = self.private_posterior(batch, m) if guide else self.private_prior()
+                out[m] = pyro.sample(f"w_{m}", fn)
+        return out
 
     def model(self, batch: MultimodalBatch) -> None:
         """``z ~ p(z)``; ``x_m ~ p(x_m | z)`` for each observed modality."""
         self._check_batch(batch)
         self._announce_params()
         with pyro.plate("batch", batch.batch_size):
+            z = pyro.sample("z", self.prior())
+            self.observe(batch, z)
+
+    def stratified_model(self, batch: MultimodalBatch, strata_mask: Tensor) -> None:
+        """The model with ``E`` copies of ``z`` under ``pyro.plate("experts", E, dim=-2)``.
+
+        Used with guides that sample every stratum of a mixture (MMVAE's experts, MoPoE's
+        subsets): copy ``e`` of row ``b`` is scored only where ``strata_mask[e, b]``.
+        """
+        self._check_batch(batch)
+        self._announce_params()
+        E, B = strata_mask.shape
+        with pyro.plate("experts", E, dim=-2), pyro.plate("batch", B, dim=-1), poutine.mask(mask=strata_mask):
             z = pyro.sample("z", self.prior())
             self.observe(batch, z)
 
@@ -167,24 +237,39 @@ class MultimodalVAE(PyroModule):
         self._check_batch(batch)
         return self.posterior(batch)
 
-    def decode(self, z: Tensor) -> dict[str, dist.TorchDistribution]:
-        """``p(x_m | z)`` for every modality (event shape = the modality's shape)."""
+    def decode(self, z: Tensor, private: dict[str, Tensor] | None = None) -> dict[str, dist.TorchDistribution]:
+        """``p(x_m | z[, w_m])`` for every modality (event shape = the modality's shape); private
+        latents not given are drawn from their prior."""
         return {
-            m.name: self.likelihoods[m.name](self.decoders[m.name](z)).to_event(len(m.shape))
+            m.name: self.likelihoods[m.name](self.decoders[m.name](self._decoder_input(m.name, z, private)))
+            .to_event(len(m.shape))
             for m in self.modalities
         }
 
-    def _point(self, z: Tensor, targets: Sequence[str] | None) -> dict[str, Tensor]:
+    def _point(self, z: Tensor, targets: Sequence[str] | None,
+               private: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         names = self.names if targets is None else list(targets)
         for t in names:
             self.modality(t)
-        return {t: self.likelihoods[t].mean(self.decoders[t](z)) for t in names}
+        return {t: self.likelihoods[t].mean(self.decoders[t](self._decoder_input(t, z, private))) for t in names}
+
+    def _observed_private(self, batch: MultimodalBatch, sample: bool) -> dict[str, Tensor] | None:
+        # rows observing m use q(w_m | x_m); the others draw w_m from the prior
+        if not self.private_dim:
+            return None
+        out = {}
+        for m in self.names:
+            q = self.private_posterior(batch, m)
+            w = q.sample() if sample else q.mean
+            prior = self.private_prior().sample(w.shape[:-1])
+            out[m] = torch.where(batch.row_mask(m).unsqueeze(-1), w, prior)
+        return out
 
     @torch.no_grad()
     def reconstruct(self, batch: MultimodalBatch, sample: bool = False) -> dict[str, Tensor]:
         """Decode the posterior mean (or a sample) of each row into every modality."""
         q = self.encode(batch)
-        return self._point(q.sample() if sample else q.mean, None)
+        return self._point(q.sample() if sample else q.mean, None, self._observed_private(batch, sample))
 
     @torch.no_grad()
     def cross_generate(
@@ -195,7 +280,7 @@ class MultimodalVAE(PyroModule):
         Restrict the batch first (``batch.restrict([...])``) to condition on a chosen subset.
         """
         q = self.encode(batch)
-        return self._point(q.sample() if sample else q.mean, targets)
+        return self._point(q.sample() if sample else q.mean, targets, self._observed_private(batch, sample))
 
     @torch.no_grad()
     def generate(self, n: int, targets: Sequence[str] | None = None) -> dict[str, Tensor]:
