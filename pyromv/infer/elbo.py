@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
 from .scaling import LatentScaling
 
 

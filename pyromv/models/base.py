@@ -232,6 +232,19 @@ class MultimodalVAE(PyroModule):
         return ELBO(num_particles=self.config.num_particles, beta=self.config.beta,
                     max_plate_nesting=self.max_plate_nesting)
 
+    def evaluation_loss(self) -> pyro.infer.ELBO:
+        """The negative ELBO (``beta = 1``, analytic KL where it exists) of this model's guide,
+        summed over the batch: what the trainer reports and validates on. Use it with
+        :meth:`evaluation_guide`."""
+        from ..infer import ELBO
+
+        return ELBO(max_plate_nesting=self.max_plate_nesting)
+
+    def evaluation_guide(self):
+        """The guide whose ELBO :meth:`evaluation_loss` computes (the guide without any
+        training-only penalty terms)."""
+        return self.guide
+
     def encode(self, batch: MultimodalBatch) -> dist.TorchDistribution:
         """The fused posterior ``q(z | X_obs)`` of each row."""
         self._check_batch(batch)

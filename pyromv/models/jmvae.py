@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 
 from ..data.batch import MultimodalBatch
@@ -100,6 +101,10 @@ class JMVAE(MultimodalVAE):
                 kl = kl_divergence(joint, dist.Normal(loc, scale).to_event(1)).sum(-1)  # (B,)
                 penalty = torch.where(complete, self.config.alpha * kl, torch.zeros_like(kl))
                 pyro.factor("jmvae_kl", penalty, has_rsample=True)
+
+    def evaluation_guide(self):
+        """The guide without the ``jmvae_kl`` penalty: its ELBO bounds ``log p(X_O)``."""
+        return poutine.block(self.guide, hide=["jmvae_kl"])
 
     def default_loss(self) -> pyro.infer.ELBO:
         c = self.config

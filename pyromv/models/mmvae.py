@@ -105,6 +105,10 @@ class MMVAE(MultimodalVAE):
             with poutine.mask(mask=strata):
                 pyro.sample("z", StratifiedMixture(experts, strata))
 
+    def evaluation_loss(self) -> pyro.infer.ELBO:
+        """The stratified ELBO (one particle per stratum), a bound on ``log p(X_O)``."""
+        return StratifiedELBO(max_plate_nesting=2)
+
     def default_loss(self) -> pyro.infer.ELBO:
         c = self.config
         if c.objective == "elbo":

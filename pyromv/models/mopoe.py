@@ -136,6 +136,10 @@ class MoPoE(MultimodalVAE):
                 if self.private_dim:
                     self.sample_private(batch, guide=True)
 
+    def evaluation_loss(self) -> pyro.infer.ELBO:
+        """The stratified ELBO (one particle per stratum), a bound on ``log p(X_O)``."""
+        return StratifiedELBO(analytic_kl=True, max_plate_nesting=2)
+
     def default_loss(self) -> pyro.infer.ELBO:
         c = self.config
         if c.objective == "elbo":

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.dataset import MultimodalDataset
-from ..infer import ELBO, KLWarmup
+from ..infer import KLWarmup
 from ..models.base import MultimodalVAE
 from ..models.io import load_weights
 from .checkpoint import find_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
@@ -114,7 +114,7 @@ class Trainer:
         self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=self.config.lr)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.callbacks = list(callbacks)
-        self.eval_loss = ELBO(max_plate_nesting=model.max_plate_nesting)
+        self.eval_loss = model.evaluation_loss()
         self.generator = torch.Generator()
         self.epoch = 0
         self.step = 0
@@ -126,12 +126,13 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, dataset: MultimodalDataset, batch_size: int | None = None) -> float:
-        """Mean negative ELBO per row of ``dataset`` (analytic KL, beta = 1)."""
+        """Mean negative ELBO per row of ``dataset`` (``model.evaluation_loss()``: beta = 1,
+        analytic KL where it exists, the stratified ELBO for mixture guides)."""
         was_training = self.model.training
         self.model.eval()
         total = 0.0
         for batch in dataset.batches(batch_size or self.config.batch_size):
-            total += float(self.eval_loss.differentiable_loss(self.model.model, self.model.guide, batch))
+            total += float(self.eval_loss.differentiable_loss(self.model.model, self.model.evaluation_guide(), batch))
         self.model.train(was_training)
         return total / len(dataset)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,12 +11,12 @@ import torch
 
 from ..dataset import MultimodalDataset
 from ..modality import Modality, NetworkSpec
+from ._poly import composite, draw_same_class, texture
 
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 BACKGROUND_MAX = 0.4
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 @dataclass
@@ -182,28 +181,7 @@ class PolyDigits:
 
 def background(m: int, seed: int) -> np.ndarray:
     """The 8x8 background of modality ``m`` (values in ``[0, 0.4]``), fixed by ``(m, seed)``."""
-    rng = np.random.default_rng([int(seed), int(m), 0x9D])
-    angle = math.pi * ((m * _GOLDEN) % 1.0)
-    freq = (0.12, 0.22, 0.32)[m % 3]  # cycles per pixel
-    yy, xx = np.mgrid[0:8, 0:8].astype(np.float64)
-    phase = rng.uniform(0.0, 2.0 * math.pi)
-    stripes = 0.5 + 0.5 * np.sin(
-        2.0 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)) + phase
-    )
-    # smooth texture: a random 3x3 grid, bilinearly interpolated to 8x8
-    grid = rng.uniform(0.0, 1.0, size=(3, 3))
-    t = np.linspace(0.0, 2.0, 8)
-    i0 = np.minimum(t.astype(int), 1)
-    w = t - i0
-    rows = grid[i0] * (1 - w)[:, None] + grid[i0 + 1] * w[:, None]  # (8, 3)
-    texture = rows[:, i0] * (1 - w)[None, :] + rows[:, i0 + 1] * w[None, :]  # (8, 8)
-    mix = 0.75 * stripes + 0.25 * texture
-    return BACKGROUND_MAX * np.clip(mix, 0.0, 1.0)
-
-
-def composite(digit: np.ndarray, back: np.ndarray) -> np.ndarray:
-    """PolyMNIST compositing: strokes in the inverted background colour."""
-    return back * (1.0 - digit) + (1.0 - back) * digit
+    return texture(m, seed, 8, 8, freqs=(0.12, 0.22, 0.32), max_value=BACKGROUND_MAX)
 
 
 @functools.lru_cache(maxsize=1)
@@ -236,28 +214,9 @@ def _draw_rows(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """``(rows_per_image * len(pool), M)`` source indices; column 0 is the anchor."""
-    n = len(pool)
-    anchors = np.tile(np.arange(n), rows_per_image)  # positions in the pool
-    out = np.empty((len(anchors), num_modalities), dtype=np.int64)
-    out[:, 0] = pool[anchors]
-    if num_modalities == 1:
-        return out
-    pool_labels = labels[pool]
-    for c in range(NUM_CLASSES):
-        members = np.flatnonzero(pool_labels == c)  # positions in the pool
-        if len(members) < num_modalities:
-            raise ValueError(
-                f"PolyDigits: class {c} has {len(members)} images in a split, fewer than "
-                f"num_modalities={num_modalities}; lower num_modalities or change test_fraction"
-            )
-        rows = np.flatnonzero(pool_labels[anchors] == c)
-        # distinct draws per row: rank random keys, the anchor's key forced last
-        keys = rng.random((len(rows), len(members)))
-        anchor_col = np.searchsorted(members, anchors[rows])
-        keys[np.arange(len(rows)), anchor_col] = np.inf
-        picks = np.argsort(keys, axis=1)[:, : num_modalities - 1]
-        out[rows, 1:] = pool[members[picks]]
-    return out
+    return draw_same_class(
+        pool, labels, num_modalities, rows_per_image, rng, NUM_CLASSES, "PolyDigits"
+    )
 
 
 @functools.lru_cache(maxsize=8)
