@@ -65,7 +65,8 @@ class MoPoE(MultimodalVAE):
 
     ``S_O`` are the configured subsets (default all non-empty ones) that lie inside the row's
     observed modalities ``O``: rows with missing modalities use only subsets of what they
-    observe. The subsets are one vectorised ``pyro.plate("experts", |S|)`` in model and guide.
+    observe (with custom ``subsets``, a row that contains none of them adds nothing to the loss
+    and encodes to the prior). The subsets are one vectorised ``pyro.plate("experts", |S|)`` in model and guide.
     With ``private_latent_dim > 0`` each modality also has a private latent ``w_m``.
     """
 
