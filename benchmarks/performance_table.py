@@ -1,0 +1,96 @@
+"""Print the ``docs/performance.md`` table: per model and setting, pyromv's step time, its ratio
+to the hand-written torch reference (measured interleaved in one run), rows per second and
+the growth of peak memory over three steps.
+
+Run: ``python -m benchmarks.performance_table [--repeats 30] [--batch-sizes 128 256]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+import subprocess
+import sys
+
+import pyro
+import torch
+
+from .steps import MODELS, make, pyromv_step, reference_step, setting
+
+
+def _time(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _peak_step_memory_mb(model_name: str, setting_name: str, batch_size: int, impl: str) -> float:
+    """Growth of the peak resident set size over 3 steps, in a fresh interpreter (MiB).
+
+    torch's CPU allocator keeps no peak statistic, so the honest figure is the process's own
+    high-water mark (``ru_maxrss``) after set-up versus after the steps.
+    """
+    code = (
+        "import resource, torch, pyro\n"
+        "from benchmarks.steps import make, setting, pyromv_step, reference_step\n"
+        f"torch.set_num_threads(1); mods, batch = setting({setting_name!r}, {batch_size})\n"
+        f"model, ref = make({model_name!r}, mods); opt = torch.optim.Adam(model.parameters())\n"
+        "loss = model.default_loss(); pyro.enable_validation(False)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for _ in range(3):\n"
+        f"    pyromv_step(model, loss, opt, batch) if {impl!r} == 'pyromv' else reference_step(model, ref, opt, batch)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--settings", nargs="+", default=["mlp784", "polydigits"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print("| model | setting | batch | pyromv ms/step | reference ms/step | ratio | rows/s | peak RSS growth MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for setting_name in args.settings:
+        for batch_size in args.batch_sizes:
+            mods, batch = setting(setting_name, batch_size)
+            for name in args.models:
+                torch.manual_seed(0)
+                model, reference = make(name, mods)
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+                loss = model.default_loss()
+                with pyro.validation_enabled(False):
+                    ours = lambda: pyromv_step(model, loss, optimizer, batch)  # noqa: E731
+                    ref = (lambda: reference_step(model, reference, optimizer, batch)) if reference else None  # noqa: E731
+                    for _ in range(3):
+                        ours()
+                        if ref:
+                            ref()
+                    t_ours, t_ref = [], []
+                    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both
+                        t_ours += _time(ours, 1)
+                        if ref:
+                            t_ref += _time(ref, 1)
+                    gc.collect()
+                peak = _peak_step_memory_mb(name, setting_name, batch_size, "pyromv")
+                ms = statistics.median(t_ours) * 1e3
+                ref_ms = statistics.median(t_ref) * 1e3 if ref else float("nan")
+                ratio = ms / ref_ms if ref else float("nan")
+                ref_cell = f"{ref_ms:.1f}" if ref else "—"
+                ratio_cell = f"{ratio:.3f}" if ref else "—"
+                print(f"| {name} | {setting_name} | {batch_size} | {ms:.1f} | {ref_cell} | {ratio_cell} | "
+                      f"{batch_size / (ms / 1e3):.0f} | {peak:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
