@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
 import subprocess
 import sys
+import time
 
 import pyro
 import torch
@@ -43,7 +43,8 @@ def _peak_step_memory_mb(model_name: str, setting_name: str, batch_size: int, im
         "loss = model.default_loss(); pyro.enable_validation(False)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "for _ in range(3):\n"
-        f"    pyromv_step(model, loss, opt, batch) if {impl!r} == 'pyromv' else reference_step(model, ref, opt, batch)\n"
+        f"    step = pyromv_step if {impl!r} == 'pyromv' else reference_step\n"
+        "    step(model, loss if step is pyromv_step else ref, opt, batch)\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -63,34 +64,43 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for setting_name in args.settings:
         for batch_size in args.batch_sizes:
-            mods, batch = setting(setting_name, batch_size)
             for name in args.models:
-                torch.manual_seed(0)
-                model, reference = make(name, mods)
-                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-                loss = model.default_loss()
-                with pyro.validation_enabled(False):
-                    ours = lambda: pyromv_step(model, loss, optimizer, batch)  # noqa: E731
-                    ref = (lambda: reference_step(model, reference, optimizer, batch)) if reference else None  # noqa: E731
-                    for _ in range(3):
-                        ours()
-                        if ref:
-                            ref()
-                    t_ours, t_ref = [], []
-                    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both
-                        t_ours += _time(ours, 1)
-                        if ref:
-                            t_ref += _time(ref, 1)
-                    gc.collect()
-                peak = _peak_step_memory_mb(name, setting_name, batch_size, "pyromv")
-                ms = statistics.median(t_ours) * 1e3
-                ref_ms = statistics.median(t_ref) * 1e3 if ref else float("nan")
-                ratio = ms / ref_ms if ref else float("nan")
-                ref_cell = f"{ref_ms:.1f}" if ref else "—"
-                ratio_cell = f"{ratio:.3f}" if ref else "—"
-                print(f"| {name} | {setting_name} | {batch_size} | {ms:.1f} | {ref_cell} | {ratio_cell} | "
-                      f"{batch_size / (ms / 1e3):.0f} | {peak:.0f} |", flush=True)
+                print(_row(name, setting_name, batch_size, args.repeats), flush=True)
 
+
+def _row(name: str, setting_name: str, batch_size: int, repeats: int) -> str:
+    mods, batch = setting(setting_name, batch_size)
+    torch.manual_seed(0)
+    model, reference = make(name, mods)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss = model.default_loss()
+
+    def ours() -> None:
+        pyromv_step(model, loss, optimizer, batch)
+
+    def ref() -> None:
+        reference_step(model, reference, optimizer, batch)
+
+    t_ours, t_ref = [], []
+    with pyro.validation_enabled(False):
+        for _ in range(3):
+            ours()
+            if reference:
+                ref()
+        for _ in range(repeats):  # interleaved, so drifts in machine load hit both
+            t_ours += _time(ours, 1)
+            if reference:
+                t_ref += _time(ref, 1)
+    gc.collect()
+    peak = _peak_step_memory_mb(name, setting_name, batch_size, "pyromv")
+    ms = statistics.median(t_ours) * 1e3
+    if reference:
+        ref_ms = statistics.median(t_ref) * 1e3
+        ref_cell, ratio_cell = f"{ref_ms:.1f}", f"{ms / ref_ms:.3f}"
+    else:
+        ref_cell = ratio_cell = "—"
+    return (f"| {name} | {setting_name} | {batch_size} | {ms:.1f} | {ref_cell} | {ratio_cell} | "
+            f"{batch_size / (ms / 1e3):.0f} | {peak:.0f} |")
 
 if __name__ == "__main__":
     main()

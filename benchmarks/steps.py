@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pyromv.data import Modality, MultimodalDataset, PolyDigits, mcar
-from pyromv.models import MMVAE, MVAE, JMVAE, MMVAEConfig, MoPoE, MoPoEConfig, MVAEConfig, JMVAEConfig
+from pyromv.models import JMVAE, MMVAE, MVAE, JMVAEConfig, MMVAEConfig, MoPoE, MoPoEConfig, MVAEConfig
 from pyromv.testing.reference import mmvae_reference_loss, mopoe_reference_loss, mvae_reference_loss
 
 MODELS = {
