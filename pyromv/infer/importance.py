@@ -122,7 +122,8 @@ def strata_weights(
 ) -> Tensor:
     """``(E, B)`` weights ``w_eb = active_eb / sum_e active_eb`` of each row's strata.
 
-    A stratum is active where the guide's latent sites inside ``strata_plate`` are unmasked.
+    A stratum is active where any of the guide's latent sites inside ``strata_plate`` is
+    unmasked (a private latent of a missing modality may be masked inside an active stratum).
     """
     active = None
     for site in guide_trace.nodes.values():
@@ -132,7 +133,7 @@ def strata_weights(
             continue
         mask = site["mask"].expand(site["fn"].batch_shape).float()
         on = reduce_site(site, mask, particle_dim, [strata_plate, batch_plate]).amax(0) > 0
-        active = on if active is None else active & on
+        active = on if active is None else active | on
     if active is None:
         return torch.full(shape, 1.0 / shape[0])
     active = active.expand(shape)
