@@ -60,15 +60,24 @@ class LinearGaussian:
     @classmethod
     def random(
         cls, dims: Mapping[str, int], latent_dim: int, scales: Mapping[str, float], seed: int,
-        orthogonal: bool = True,
+        orthogonal: bool = True, noise_features: Mapping[str, int] | None = None,
     ) -> LinearGaussian:
-        """Random parameters; with ``orthogonal`` each ``W_m`` has orthogonal columns."""
+        """Random parameters; with ``orthogonal`` each ``W_m`` has orthogonal columns.
+
+        ``noise_features[m]`` trailing features of modality ``m`` get a zero row of ``W_m``:
+        pure noise, independent of ``z`` (so the exact posterior ignores them).
+        """
         g = torch.Generator().manual_seed(seed)
+        noise_features = dict(noise_features or {})
         W, b = {}, {}
         for m, d in dims.items():
             if orthogonal:
                 norms = 0.5 + 1.5 * torch.rand(latent_dim, generator=g, dtype=DTYPE)
-                W[m] = orthogonal_columns(d, latent_dim, norms, g)
+                k = noise_features.get(m, 0)
+                W[m] = torch.cat([
+                    orthogonal_columns(d - k, latent_dim, norms, g),
+                    torch.zeros(k, latent_dim, dtype=DTYPE),
+                ])
             else:
                 W[m] = torch.randn(d, latent_dim, generator=g, dtype=DTYPE)
             b[m] = torch.randn(d, generator=g, dtype=DTYPE)
@@ -102,11 +111,15 @@ class LinearGaussian:
         mask = torch.cat([fm[m] for m in self.names], -1)
         W = torch.cat([self.W[m] for m in self.names], 0)
         b = torch.cat([self.b[m] for m in self.names], 0)
-        var = torch.cat([torch.full((self.dim(m),), self.s[m] ** 2, dtype=DTYPE) for m in self.names])
+        var = torch.cat(
+            [torch.full((self.dim(m),), self.s[m] ** 2, dtype=DTYPE) for m in self.names]
+        )
         return x, mask, W, b, var
 
     # ------------------------------------------------------------------ closed forms
-    def log_marginal(self, data: Mapping[str, Tensor], obs_mask: Mapping[str, Tensor] | None = None) -> Tensor:
+    def log_marginal(
+        self, data: Mapping[str, Tensor], obs_mask: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
         """``log p(X_obs)`` of each row ``(n,)``: a multivariate normal per observation pattern."""
         x, mask, W, b, var = self._stack(data, obs_mask)
         out = torch.zeros(x.shape[0], dtype=DTYPE)
@@ -132,7 +145,9 @@ class LinearGaussian:
         mu = torch.einsum("nkl,nl->nk", sigma, rhs)
         return mu, sigma
 
-    def log_lik(self, data: Mapping[str, Tensor], z: Tensor, obs_mask: Mapping[str, Tensor] | None = None) -> Tensor:
+    def log_lik(
+        self, data: Mapping[str, Tensor], z: Tensor, obs_mask: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
         """``log p(X_obs | z)`` of each row (observed features only); ``z`` of shape ``(n, D)``."""
         x, mask, W, b, var = self._stack(data, obs_mask)
         lp = -0.5 * (math.log(2 * math.pi) + var.log() + (x - z.to(DTYPE) @ W.T - b) ** 2 / var)
@@ -142,7 +157,7 @@ class LinearGaussian:
         self, data: Mapping[str, Tensor], q_loc: Tensor, q_scale: Tensor,
         obs_mask: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
-        """Closed-form ``E_q[log p(X_obs | z)] - KL(q || p(z))`` of ``q = N(q_loc, diag q_scale^2)``."""
+        """Closed form of ``E_q[log p(X_obs | z)] - KL(q || p(z))``, ``q = N(m, diag v)``."""
         x, mask, W, b, var = self._stack(data, obs_mask)
         m, v = q_loc.to(DTYPE), q_scale.to(DTYPE) ** 2
         resid = (x - m @ W.T - b) ** 2 + v @ (W**2).T  # E_q (x_j - (Wz + b)_j)^2
@@ -204,7 +219,7 @@ def subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def mixed_row_masks(names: Sequence[str], n: int, seed: int) -> dict[str, Tensor]:
-    """Row masks cycling through every non-empty subset (each pattern appears ~n / (2^M - 1) times)."""
+    """Row masks drawn from every non-empty subset, each ~n / (2^M - 1) times."""
     subs = subsets(names)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(n, generator=g) % len(subs)
