@@ -199,7 +199,8 @@ class StratifiedMixture(TorchDistribution):
     components : Distribution
         Batch shape ``(E, *batch)``, event shape ``(D,)``.
     mask : BoolTensor, optional
-        ``(E, *batch)``: experts included in the mixture of each row.
+        ``(E, *batch)``: experts included in the mixture of each row (a row with none is scored
+        by all experts; mask such rows out of the objective).
     """
 
     arg_constraints = {}
@@ -214,8 +215,9 @@ class StratifiedMixture(TorchDistribution):
             )
         shape = components.batch_shape
         mask = _check_mask(shape, mask, components.mean.device)
-        if not bool(mask.any(0).all()):
-            raise ValueError("StratifiedMixture needs at least one expert in every row")
+        # a row with no included expert is scored by all of them: finite values for a row the
+        # caller masks out anyway (an all -inf logsumexp would put NaN into the gradients)
+        mask = mask | ~mask.any(0, keepdim=True)
         log_w = torch.zeros(shape, dtype=components.mean.dtype, device=mask.device)
         log_w = log_w.masked_fill(~mask, -math.inf)
         self.components, self.mask = components, mask

@@ -155,8 +155,9 @@ class IWAE(_ImportanceBound):
     model; weights are kept per datum of ``batch_plate``. ``gradient`` picks the estimator of
     the encoder's gradient: ``"standard"`` (reparameterised IWAE), ``"stl"`` (sticking the
     landing: ``log q`` rescored with detached parameters; Roeder et al. 2017) or ``"dreg"``
-    (doubly reparameterised, squared normalised weights; Tucker et al. 2019). All three have
-    the expectation of the standard gradient; the loss value is the same bound.
+    (doubly reparameterised, squared normalised weights; Tucker et al. 2019). DReG has the
+    expectation of the standard gradient for every ``K``; STL only for ``K = 1`` (for ``K > 1``
+    it is biased, Tucker et al. 2019, Sec. 3). The loss value is the same bound.
     ``beta`` scales the latent log-densities inside the weights. Returns the negative bound
     summed over the batch.
     """
@@ -182,8 +183,14 @@ class StratifiedIWAE(_ImportanceBound):
     The guide samples every stratum (e.g. every expert of a mixture, under
     ``pyro.plate("experts", E)``) and scores samples with the full mixture density; ``w_eb``
     is uniform over the strata active in row ``b`` (unmasked guide sites), so rows with missing
-    modalities average over their observed experts only. ``gradient="dreg"`` gives the
-    DReG-IWAE of the paper's code.
+    modalities average over their observed experts only.
+
+    As ``K`` grows, stratum ``e`` tends to ``log E_{q_e}[p(x, z) / q(z | x)]`` and the bound to
+    their average, which is below ``log p(x)`` by Jensen where the strata's proposals differ: a
+    looser bound than IWAE with the mixture itself as proposal. ``gradient="dreg"`` gives the
+    DReG-IWAE of the paper's code, which is biased for ``K > 1`` on rows with several active
+    strata (its weights use ``q``, the mixture, while samples come from ``q_e``); ``"stl"`` is
+    biased for ``K > 1`` too (as for the plain IWAE). ``"standard"`` is unbiased.
     """
 
     bound = "iwae"

@@ -39,6 +39,7 @@ CASES = [
     (lambda: MVAE(MODALITIES, MVAEConfig(latent_dim=4)), mvae_reference_loss),
     (lambda: MVAE(MODALITIES, MVAEConfig(latent_dim=4, objective="elbo", beta=2.0)), mvae_elbo_reference),
     (lambda: MMVAE(MODALITIES, MMVAEConfig(latent_dim=4, num_particles=5)), mmvae_reference_loss),
+    (lambda: MMVAE(MODALITIES, MMVAEConfig(latent_dim=4, num_particles=5, objective="dreg")), mmvae_reference_loss),
     (lambda: MMVAE(MODALITIES, MMVAEConfig(latent_dim=4, num_particles=3, objective="iwae", distribution="normal",
                                            learn_prior_scale=True, beta=0.5)), mmvae_reference_loss),
     (lambda: MoPoE(MODALITIES, MoPoEConfig(latent_dim=4)), mopoe_reference_loss),
