@@ -8,12 +8,41 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ..data.sources import PolyDigits
+from ..data.sources import (
+    MHD,
+    MNISTSVHN,
+    CelebA,
+    CUBImageCaptions,
+    Diabetes,
+    FashionText,
+    Linnerud,
+    MNISTSVHNText,
+    NoisyFashion,
+    PolyDigits,
+    PolyFashion,
+    PolyMNIST,
+    TranslatedPolyMNIST,
+)
+from ..metrics.evaluate import QUICK_EVALUATION, EvalConfig
 from ..models import get_model_class, registered_models
 from ..training import TrainerConfig
 
 #: data sources by config-group name; each config has ``modalities()`` and ``load(split)``
-DATA_SOURCES: dict[str, type] = {"polydigits": PolyDigits}
+DATA_SOURCES: dict[str, type] = {
+    "polydigits": PolyDigits,
+    "polyfashion": PolyFashion,
+    "fashiontext": FashionText,
+    "noisyfashion": NoisyFashion,
+    "mnist_svhn": MNISTSVHN,
+    "mnist_svhn_text": MNISTSVHNText,
+    "polymnist": PolyMNIST,
+    "translated_polymnist": TranslatedPolyMNIST,
+    "mhd": MHD,
+    "cub": CUBImageCaptions,
+    "celeba": CelebA,
+    "linnerud": Linnerud,
+    "diabetes": Diabetes,
+}
 
 
 @dataclass
@@ -28,6 +57,16 @@ class TrainJob:
         Seed of the missingness.
     plot_rows : int
         Columns in the cross-generation picture.
+    sampler : str
+        ``"none"`` or a registered latent sampler (``prior``, ``gmm``, ``maf``, ``iaf``) fitted to
+        the training set's posterior means after training (saved in ``sampler/``; picture
+        ``sampler_generations.png``).
+    sampler_kwargs : dict
+        Options of the sampler, e.g. ``+sampler_kwargs.n_components=20``.
+    evaluate : bool
+        Run :func:`pyromv.metrics.evaluate` after training (into ``eval/``, as ``pyromv-eval``).
+    evaluation : EvalConfig
+        Its options; a small budget by default (``pyromv-eval`` on the run dir does more).
     """
 
     defaults: list[Any] = field(
@@ -39,6 +78,10 @@ class TrainJob:
     missing_rate: float = 0.3
     missing_seed: int = 0
     plot_rows: int = 8
+    sampler: str = "none"
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    evaluate: bool = True
+    evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(**QUICK_EVALUATION))
 
 
 def register_configs() -> None:

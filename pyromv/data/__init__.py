@@ -2,17 +2,49 @@
 
 from .batch import MultimodalBatch
 from .dataset import MultimodalDataset, collate, make_batch
-from .missingness import mcar
+from .missingness import block, feature_mcar, mcar, mnar, pattern_histogram
 from .modality import Modality, NetworkSpec
-from .sources import PolyDigits
+from .sources import (
+    MHD,
+    MNISTSVHN,
+    CelebA,
+    CUBImageCaptions,
+    Diabetes,
+    FashionText,
+    Linnerud,
+    MNISTSVHNText,
+    NoisyFashion,
+    PolyDigits,
+    PolyFashion,
+    PolyMNIST,
+    TranslatedPolyMNIST,
+    tabular_modality,
+)
 
 __all__ = [
+    "MHD",
+    "MNISTSVHN",
+    "CUBImageCaptions",
+    "CelebA",
+    "Diabetes",
+    "FashionText",
+    "Linnerud",
+    "MNISTSVHNText",
     "Modality",
     "MultimodalBatch",
     "MultimodalDataset",
     "NetworkSpec",
+    "NoisyFashion",
     "PolyDigits",
+    "PolyFashion",
+    "PolyMNIST",
+    "TranslatedPolyMNIST",
+    "block",
     "collate",
+    "feature_mcar",
     "make_batch",
     "mcar",
+    "mnar",
+    "pattern_histogram",
+    "tabular_modality",
 ]

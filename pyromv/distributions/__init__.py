@@ -8,12 +8,15 @@ from .likelihoods import (
     register_likelihood,
     registered_likelihoods,
 )
+from .tabular import MixedColumns, TabularHead
 
 __all__ = [
     "LikelihoodHead",
+    "MixedColumns",
     "MixtureOfExperts",
     "ProductOfExperts",
     "StratifiedMixture",
+    "TabularHead",
     "build_likelihood",
     "detach_distribution",
     "register_likelihood",

@@ -1,5 +1,70 @@
-"""Evaluation: plots (and, later, likelihoods, coherence, FID, clustering)."""
+"""Evaluation: importance-weighted likelihoods with PSIS diagnostics, coherence, FID,
+reconstruction, clustering and plots."""
 
-from .plots import plot_cross_generation, plot_samples
+from .classifiers import (
+    ClassifierConfig,
+    ModalityClassifier,
+    classifier_accuracy,
+    predict,
+    train_classifiers,
+)
+from .clustering import cluster_latents, latent_means
+from .coherence import CoherenceResult, cross_coherence, joint_coherence, proper_subsets
+from .evaluate import EvalConfig, evaluate, format_summary
+from .fid import (
+    InceptionFeatures,
+    feature_statistics,
+    fid,
+    fid_from_features,
+    frechet_distance,
+    inception_extractor,
+)
+from .likelihood import (
+    ImportanceSamplingWarning,
+    LogLikelihood,
+    importance_weights,
+    log_likelihood,
+    pareto_khat,
+)
+from .plots import (
+    plot_coherence,
+    plot_cross_generation,
+    plot_latent_embedding,
+    plot_reconstructions,
+    plot_samples,
+)
+from .reconstruction import reconstruction_error
 
-__all__ = ["plot_cross_generation", "plot_samples"]
+__all__ = [
+    "ClassifierConfig",
+    "CoherenceResult",
+    "EvalConfig",
+    "ImportanceSamplingWarning",
+    "InceptionFeatures",
+    "LogLikelihood",
+    "ModalityClassifier",
+    "classifier_accuracy",
+    "cluster_latents",
+    "cross_coherence",
+    "evaluate",
+    "feature_statistics",
+    "fid",
+    "fid_from_features",
+    "format_summary",
+    "frechet_distance",
+    "importance_weights",
+    "inception_extractor",
+    "joint_coherence",
+    "latent_means",
+    "log_likelihood",
+    "pareto_khat",
+    "plot_coherence",
+    "plot_cross_generation",
+    "plot_latent_embedding",
+    "plot_reconstructions",
+    "plot_samples",
+    "predict",
+    "proper_subsets",
+    "reconstruction_error",
+    "train_classifiers",
+]

@@ -10,6 +10,7 @@ JMLR 2024), computed with arviz.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -52,9 +53,15 @@ def _psis_backend() -> Callable[[np.ndarray], np.ndarray]:
         pass
     else:
         return lambda lw: np.asarray(array_stats.psislw(lw, r_eff=1.0, axis=-1)[1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # arviz 0.x announces its refactor
-        import arviz as az
+    preview = logging.getLogger("arviz.preview")  # arviz 0.2x logs the packages it lacks
+    level = preview.level
+    preview.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # arviz 0.x announces its refactor
+            import arviz as az
+    finally:
+        preview.setLevel(level)
     if not hasattr(az, "psislw"):
         raise ImportError("PSIS k-hat needs arviz 0.x (az.psislw) or arviz-stats (arviz >= 1)")
     return lambda lw: np.asarray(az.psislw(lw, reff=1.0)[1])
@@ -165,7 +172,7 @@ def _site_log_probs(
     trace: Trace, particle_dim: int, shape: tuple[int, int], batch_plate: str = "batch",
     skip_observed: bool = False,
 ) -> dict[str, Tensor]:
-    """Each sample site's log-prob summed per (particle, row): ``name -> (K, B)``."""
+    """Each sample site's unscaled log-prob summed per (particle, row): ``name -> (K, B)``."""
     out = {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or (skip_observed and site["is_observed"]):
@@ -177,6 +184,9 @@ def _site_log_probs(
                 "every sample site inside the batch plate"
             )
         lp = site["log_prob"]
+        scale = site["scale"]
+        if not (isinstance(scale, (int, float)) and scale == 1.0):
+            lp = lp / scale  # likelihood rescaling or beta: score the model's actual density
         rank = max(-particle_dim, -dims[0])
         if lp.dim() < rank:
             lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
@@ -204,7 +214,8 @@ def importance_weights(
 
     Returns ``(log_w, log_w_excluded)``, both ``(K, B)``: the second leaves out the sample
     sites named in ``exclude`` (e.g. ``x_{m}`` of the target modalities of a conditional),
-    for the same draws.
+    for the same draws. Site scales (a modality's likelihood ``rescale``, a KL weight) are
+    divided out, so the weights are those of the model's actual density; masks are kept.
     """
     particle_dim = -model.max_plate_nesting - 1
     shape = (num_particles, score_batch.batch_size)

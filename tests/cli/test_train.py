@@ -15,6 +15,16 @@ def _config(*overrides):
         return compose("train", overrides=list(overrides))
 
 
+@pytest.mark.parametrize("model", ["mmvae", "mopoe", "jmvae"])
+def test_every_model_trains_from_the_command_line(tmp_path, model):
+    cfg = _config(f"model={model}", "trainer.epochs=1", "trainer.progress=false", "model.latent_dim=4",
+                  "data.hidden_dim=16", "evaluate=false")
+    metrics = run(cfg, model, "polydigits", tmp_path)
+    assert metrics["model"] == model
+    assert load_model(tmp_path / "model").name == model
+    assert (tmp_path / "cross_generation.png").is_file()
+
+
 def test_defaults_are_mvae_on_polydigits_with_30_percent_missing():
     cfg = _config()
     assert cfg.missing_rate == 0.3
@@ -24,7 +34,7 @@ def test_defaults_are_mvae_on_polydigits_with_30_percent_missing():
 
 def test_run_writes_checkpoint_metrics_and_pictures(tmp_path):
     cfg = _config("trainer.epochs=2", "trainer.progress=false", "model.latent_dim=4",
-                  "data.hidden_dim=16")
+                  "data.hidden_dim=16", "evaluate=false")
     metrics = run(cfg, "mvae", "polydigits", tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test_elbo"] == pytest.approx(metrics["test_elbo"])
@@ -41,10 +51,10 @@ def test_run_writes_checkpoint_metrics_and_pictures(tmp_path):
 
 def test_rerun_in_the_same_directory_resumes(tmp_path):
     cfg = _config("trainer.epochs=1", "trainer.progress=false", "model.latent_dim=4",
-                  "data.hidden_dim=16")
+                  "data.hidden_dim=16", "evaluate=false")
     run(cfg, "mvae", "polydigits", tmp_path)
     cfg = _config("trainer.epochs=2", "trainer.progress=false", "model.latent_dim=4",
-                  "data.hidden_dim=16")
+                  "data.hidden_dim=16", "evaluate=false")
     metrics = run(cfg, "mvae", "polydigits", tmp_path)
     assert [r["epoch"] for r in metrics["history"]] == [1, 2]
 
@@ -54,7 +64,7 @@ def test_console_script_prints_the_test_elbo(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     out = subprocess.run(
         [sys.executable, "-m", "pyromv.cli.train", f"hydra.run.dir={tmp_path}", "trainer.epochs=1",
-         "trainer.progress=false", "model.latent_dim=4"],
+         "trainer.progress=false", "model.latent_dim=4", "evaluate=false"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def resolve_root(root: str, name: str) -> Path:
     return Path(root).expanduser() if str(root) else default_root(name)
 
 
-def missing_files(what: str, root: Path, expected: Iterable[str], hint: str = "") -> FileNotFoundError:
+def missing_files(
+    what: str, root: Path, expected: Iterable[str], hint: str = ""
+) -> FileNotFoundError:
     """A ``FileNotFoundError`` that lists every expected file under ``root``."""
     listing = "\n".join(f"  {root / e}" for e in expected)
     msg = f"{what}: files not found; expected\n{listing}"
@@ -80,7 +83,9 @@ def _read_idx_cached(path: str, mtime: int, size: int) -> np.ndarray:
         except (OSError, EOFError) as err:
             raise ValueError(f"{path}: corrupt gzip data ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an idx file (its magic number must start with two zero bytes)")
+        raise ValueError(
+            f"{path}: not an idx file (its magic number must start with two zero bytes)"
+        )
     code, ndim = raw[2], raw[3]
     if code not in _IDX_TYPES:
         raise ValueError(f"{path}: unknown idx type code 0x{code:02x}")
@@ -97,7 +102,9 @@ def _read_idx_cached(path: str, mtime: int, size: int) -> np.ndarray:
             f"{path}: idx header declares shape {dims} ({expected} bytes of data) but the file "
             f"holds {len(raw) - header} bytes"
         )
-    out = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    out = (
+        np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    )
     out.setflags(write=False)
     return out
 
@@ -139,7 +146,9 @@ def load_torch_index(path: Path) -> np.ndarray:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (any unpickling failure is a malformed file)
-        raise ValueError(f"{path}: not a tensor file readable with weights_only=True ({err})") from err
+        raise ValueError(
+            f"{path}: not a tensor file readable with weights_only=True ({err})"
+        ) from err
     if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.is_floating_point():
         raise ValueError(f"{path}: expected a 1-D integer tensor, got {_describe(value)}")
     return value.numpy().astype(np.int64)
@@ -148,11 +157,14 @@ def load_torch_index(path: Path) -> np.ndarray:
 def _describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
-    return f"{type(value).__name__}" + (f" of shape {tuple(shape)} and dtype {dtype}" if shape is not None else "")
+    return f"{type(value).__name__}" + (
+        f" of shape {tuple(shape)} and dtype {dtype}" if shape is not None else ""
+    )
 
 
-def read_image(path: Path, mode: str, size: tuple[int, int] | None = None,
-               crop: int = 0) -> np.ndarray:
+def read_image(
+    path: Path, mode: str, size: tuple[int, int] | None = None, crop: int = 0
+) -> np.ndarray:
     """An image file as a ``(C, H, W)`` uint8 array (``mode`` ``"L"`` or ``"RGB"``).
 
     ``crop > 0`` takes a centred ``crop x crop`` square first; ``size = (H, W)`` then resizes
@@ -184,3 +196,56 @@ def seeded_subset(n: int, k: int, seed: int, salt: int) -> np.ndarray:
         return np.arange(n)
     rng = np.random.default_rng([int(seed), int(salt)])
     return np.sort(rng.choice(n, size=k, replace=False))
+
+
+_CACHE: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def file_stamp(*paths: Path) -> tuple:
+    """(resolved path, modification time, size) of each file: part of a cache key."""
+    return tuple(_file_key(Path(p)) for p in paths)
+
+
+def cached(key: tuple, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays ``build()`` returns, kept (read-only) per ``key``; least recently used dropped.
+
+    Sources key on their name, split, configuration and :func:`file_stamp` of their files,
+    so changing a file or a field rebuilds.
+    """
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    out = build()
+    for arr in out.values():
+        if isinstance(arr, np.ndarray):
+            arr.setflags(write=False)
+    _CACHE[key] = out
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return out
+
+
+def clear_cache() -> None:
+    """Forget every built array: the next ``load`` reads the files again."""
+    _CACHE.clear()
+    _read_idx_cached.cache_clear()
+
+
+def stratified_subset(labels: np.ndarray, k: int, seed: int, salt: int) -> np.ndarray:
+    """``k`` indices chosen uniformly within each class, class sizes proportional to the
+    classes' shares (largest remainders), sorted; all when ``k`` is 0 or at least ``len``."""
+    n = len(labels)
+    if k <= 0 or k >= n:
+        return np.arange(n)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * (k / n)
+    take = np.floor(quota).astype(np.int64)
+    extra = k - int(take.sum())
+    take[np.argsort(-(quota - take), kind="stable")[:extra]] += 1
+    rng = np.random.default_rng([int(seed), int(salt)])
+    out = [
+        rng.choice(np.flatnonzero(labels == c), size=t, replace=False)
+        for c, t in zip(classes, take)
+    ]
+    return np.sort(np.concatenate(out))

@@ -1,0 +1,108 @@
+"""``pyromv-eval``: evaluate a run directory written by ``pyromv-train``.
+
+``pyromv-eval run_dir=outputs/2024-01-01/12-00-00`` loads ``run_dir/model``, rebuilds the data
+source from ``run_dir/.hydra/config.yaml``, trains the per-modality classifiers on the training
+split and writes ``run_dir/eval/metrics.json`` and the pictures (reconstructions, cross
+generation, prior samples, latent space, coherence). It prints the classifiers' accuracy,
+coherence per number of given modalities and the test log-likelihood with its standard error.
+Every :class:`~pyromv.metrics.EvalConfig` field is an override, e.g.
+``pyromv-eval run_dir=... num_particles=5000 max_rows=100 embedding=tsne``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ..metrics.evaluate import EvalConfig, evaluate, format_summary
+from ..models import load_model
+from .config import DATA_SOURCES
+
+
+@dataclass
+class EvalJob(EvalConfig):
+    """``pyromv-eval``: the :class:`EvalConfig` options plus where the run is.
+
+    Attributes
+    ----------
+    run_dir : str
+        A directory written by ``pyromv-train`` (``model/`` and ``.hydra/config.yaml``).
+    output : str
+        Sub-directory of ``run_dir`` that receives ``metrics.json`` and the pictures.
+    """
+
+    run_dir: str = MISSING
+    output: str = "eval"
+    hydra: Any = field(default_factory=lambda: {"run": {"dir": "${run_dir}/${output}"}})
+
+
+ConfigStore.instance().store(name="eval", node=EvalJob)
+
+
+def load_source(run_dir: str | Path) -> tuple[Any, str]:
+    """The data-source config of a training run and its name (a key of ``DATA_SOURCES``)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: pyromv-eval needs a run directory written by pyromv-train"
+        )
+    cfg = OmegaConf.load(config_path)
+    name = None
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        name = json.loads(metrics_path.read_text()).get("data")
+    hydra_path = run_dir / ".hydra" / "hydra.yaml"
+    if name is None and hydra_path.is_file():
+        name = OmegaConf.select(OmegaConf.load(hydra_path), "hydra.runtime.choices.data")
+    if name is None:
+        raise ValueError(f"cannot tell which data source {run_dir} was trained on")
+    if name not in DATA_SOURCES:
+        raise ValueError(f"unknown data source {name!r}; available: {sorted(DATA_SOURCES)}")
+    source_cls = DATA_SOURCES[name]
+    source = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(source_cls), cfg.data))
+    return source, name
+
+
+def run(run_dir: str | Path, config: EvalConfig, out: str | Path) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir``; write the metrics and pictures to ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir} not found: pyromv-eval needs a run directory written by pyromv-train")
+    model = load_model(model_dir)
+    source, data_name = load_source(run_dir)
+    shapes = {m.name: tuple(m.shape) for m in source.modalities()}
+    expected = {m.name: tuple(m.shape) for m in model.modalities}
+    if shapes != expected:
+        raise ValueError(f"the model's modalities {expected} differ from the data's {shapes}")
+    metrics = evaluate(model, source.load("test"), source.load("train"), config, out_dir=out)
+    metrics = {"run_dir": str(run_dir), "model": model.name, "data": data_name, **metrics}
+    path = out / "metrics.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({"run_dir": str(run_dir), "model": model.name, "data": data_name, **saved}, indent=2))
+    return metrics
+
+
+def _config(cfg: DictConfig) -> EvalConfig:
+    job = OmegaConf.to_object(cfg)
+    return EvalConfig(**{f.name: getattr(job, f.name) for f in fields(EvalConfig)})
+
+
+@hydra.main(version_base=None, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    out = Path(HydraConfig.get().runtime.output_dir)
+    metrics = run(cfg.run_dir, _config(cfg), out)
+    print(format_summary(metrics))
+    print(f"outputs: {out}")
+
+
+if __name__ == "__main__":
+    main()

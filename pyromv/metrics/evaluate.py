@@ -1,0 +1,307 @@
+"""One call that evaluates a trained model: likelihoods, coherence, FID, reconstruction,
+clustering and plots, as used by ``pyromv-eval`` and at the end of ``pyromv-train``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.dataset import MultimodalDataset
+from ..models.base import MultimodalVAE
+from .classifiers import Classifier, ClassifierConfig, classifier_accuracy, train_classifiers
+from .clustering import cluster_latents, latent_means
+from .coherence import cross_coherence, joint_coherence
+from .fid import FeatureExtractor, InceptionFeatures, fid
+from .likelihood import ImportanceSamplingWarning, log_likelihood
+from .reconstruction import reconstruction_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Options of :func:`evaluate` (also a Hydra structured config).
+
+    Attributes
+    ----------
+    num_particles : int
+        ``K`` of the importance-weighted log-likelihoods.
+    max_rows : int
+        Evaluate the likelihoods on at most this many test rows, a seeded random subset
+        (0: every row). Coherence, FID, reconstruction and clustering use every row.
+    particle_chunk, batch_size : int
+        Chunk sizes of the likelihood (memory is set by their product).
+    conditional : bool
+        Also estimate ``log p(x_m | X_{-m})`` for each modality ``m``.
+    classifier : ClassifierConfig
+        Training of the per-modality classifiers (on the training split).
+    coherence_sample : bool
+        Cross-generate from posterior draws (the papers) rather than posterior means.
+    joint_samples : int
+        Prior draws for joint coherence.
+    fid : bool
+        FID of every image modality (prior samples and cross-generation from the others).
+    inception_weights : str, optional
+        Local state-dict file of torchvision's ``inception_v3``; when unset, FID uses the
+        classifiers' penultimate features.
+    clustering : bool
+        k-means on the posterior means (NMI and ARI).
+    plots : bool
+        Write the pictures (needs an output folder).
+    plot_rows : int
+        Columns of the picture grids.
+    embedding : str
+        ``"pca"`` or ``"tsne"`` for the latent-space picture.
+    seed : int
+    progress : bool
+        Progress bars.
+    """
+
+    num_particles: int = 1000
+    max_rows: int = 0
+    particle_chunk: int = 100
+    batch_size: int = 64
+    conditional: bool = True
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    coherence_sample: bool = True
+    joint_samples: int = 1000
+    fid: bool = True
+    inception_weights: str | None = None
+    clustering: bool = True
+    plots: bool = True
+    plot_rows: int = 8
+    embedding: str = "pca"
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("num_particles", "particle_chunk", "batch_size", "joint_samples", "plot_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"evaluation: {name} must be a positive int, got {value!r}")
+        if not isinstance(self.max_rows, int) or self.max_rows < 0:
+            raise ValueError(f"evaluation: max_rows must be >= 0, got {self.max_rows!r}")
+        if self.embedding not in ("pca", "tsne"):
+            raise ValueError(f"evaluation: embedding must be 'pca' or 'tsne', got {self.embedding!r}")
+
+
+#: The small budget ``pyromv-train`` evaluates with at the end of training.
+QUICK_EVALUATION: dict[str, Any] = {
+    "num_particles": 100, "max_rows": 200, "joint_samples": 500, "progress": False,
+}
+
+
+def _likelihood(model: MultimodalVAE, data: MultimodalDataset, cfg: EvalConfig, **kw) -> dict[str, Any]:
+    """Run ``log_likelihood`` and turn its k-hat warning into a log line (kept in the summary)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImportanceSamplingWarning)
+        result = log_likelihood(
+            model, data, cfg.num_particles, batch_size=cfg.batch_size,
+            particle_chunk=cfg.particle_chunk, seed=cfg.seed, progress=cfg.progress, **kw,
+        )
+    for w in caught:
+        if issubclass(w.category, ImportanceSamplingWarning):
+            log.warning("%s", w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result.summary()
+
+
+def _subset(data: MultimodalDataset, max_rows: int, seed: int) -> MultimodalDataset:
+    if max_rows <= 0 or max_rows >= len(data):
+        return data
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[:max_rows].sort().values)
+
+
+def _extractors(
+    model: MultimodalVAE, cfg: EvalConfig, classifiers: Mapping[str, Classifier] | None,
+    names: list[str],
+) -> dict[str, FeatureExtractor]:
+    if cfg.inception_weights:
+        inception = InceptionFeatures(cfg.inception_weights)
+        return {m: inception for m in names}
+    out = {}
+    for m in names:
+        features = getattr((classifiers or {}).get(m), "features", None)
+        if callable(features):
+            out[m] = features
+    return out
+
+
+def evaluate(
+    model: MultimodalVAE,
+    test: MultimodalDataset,
+    train: MultimodalDataset | None = None,
+    config: EvalConfig | None = None,
+    classifiers: Mapping[str, Classifier] | None = None,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``test``; return the metrics (and write them to ``out_dir``).
+
+    Classifiers (for coherence and the default FID features) are the given ones or, when
+    ``train`` has labels, trained on it; their test accuracy is reported. Parts that need
+    labels are skipped (with a note in the result) when the data has none. With ``out_dir``
+    the metrics go to ``out_dir/metrics.json`` and the pictures next to it.
+    """
+    from .plots import (  # matplotlib only when needed
+        image_modalities,
+        plot_coherence,
+        plot_cross_generation,
+        plot_latent_embedding,
+        plot_reconstructions,
+        plot_samples,
+    )
+
+    cfg = config or EvalConfig()
+    cfg.validate()
+    start = time.perf_counter()
+    out: dict[str, Any] = {"config": asdict(cfg), "test_rows": len(test), "skipped": {}}
+    labelled = test.labels is not None
+
+    # ---- classifiers
+    if classifiers is None and labelled and train is not None and train.labels is not None:
+        num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
+        classifiers = train_classifiers(train, model.names, cfg.classifier, num_classes, cfg.progress)
+    if classifiers is not None and labelled:
+        out["classifier_accuracy"] = classifier_accuracy(
+            {m: c for m, c in classifiers.items() if m in model.names}, test
+        )
+    elif classifiers is None:
+        out["skipped"]["classifiers"] = "no labelled training data and no classifiers given"
+
+    # ---- likelihoods
+    rows = _subset(test, cfg.max_rows, cfg.seed)
+    out["log_likelihood"] = _likelihood(model, rows, cfg)
+    if cfg.conditional and len(model.names) > 1:
+        out["conditional_log_likelihood"] = {}
+        for m in model.names:
+            others = [o for o in model.names if o != m]
+            out["conditional_log_likelihood"][m] = _likelihood(
+                model, rows, cfg, given=others, targets=[m]
+            )
+
+    # ---- coherence
+    complete = classifiers is not None and all(m in classifiers for m in model.names)
+    if labelled and complete and len(model.names) > 1:
+        coh = cross_coherence(model, test, classifiers, sample=cfg.coherence_sample, seed=cfg.seed)
+        out["coherence"] = coh.to_dict()
+        out["joint_coherence"] = joint_coherence(model, classifiers, n=cfg.joint_samples, seed=cfg.seed)
+    else:
+        out["skipped"]["coherence"] = (
+            "needs labels, a classifier for every modality and at least two modalities"
+        )
+
+    # ---- FID
+    images = image_modalities(model)
+    if cfg.fid and images:
+        extractors = _extractors(model, cfg, classifiers, images)
+        out["fid"] = {}
+        for m in images:
+            if m not in extractors:
+                continue
+            others = [o for o in model.names if o != m]
+            scores = {"prior": fid(model, test, m, extractors[m], seed=cfg.seed)}
+            if others:
+                scores["given_others"] = fid(model, test, m, extractors[m], given=others, seed=cfg.seed)
+            out["fid"][m] = scores
+        out["fid_features"] = "inception" if cfg.inception_weights else "classifier penultimate layer"
+        if not out["fid"]:
+            out["skipped"]["fid"] = "no feature extractor (train classifiers or give Inception weights)"
+
+    # ---- reconstruction and clustering
+    out["reconstruction_mse"] = reconstruction_error(model, test)
+    if cfg.clustering and labelled:
+        out["clustering"] = cluster_latents(model, test, seed=cfg.seed)
+    elif cfg.clustering:
+        out["skipped"]["clustering"] = "the test data has no labels"
+
+    # ---- pictures
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.plots:
+            import matplotlib.pyplot as plt
+
+            written = []
+            batch = test.batch()
+            if images:
+                for name, draw in (
+                    ("reconstructions.png", lambda p: plot_reconstructions(model, batch, cfg.plot_rows, p)),
+                    ("cross_generation.png", lambda p: plot_cross_generation(model, batch, cfg.plot_rows, path=p)),
+                    ("samples.png", lambda p: plot_samples(model, cfg.plot_rows, p)),
+                ):
+                    plt.close(draw(out_dir / name))
+                    written.append(name)
+            name = f"latent_{cfg.embedding}.png"
+            z = latent_means(model, test)
+            plt.close(plot_latent_embedding(z, test.labels, cfg.embedding, cfg.seed, out_dir / name))
+            written.append(name)
+            if "coherence" in out:
+                plt.close(plot_coherence(out["coherence"]["by_size"], out["coherence"]["by_subset"],
+                                         out["joint_coherence"], out_dir / "coherence.png"))
+                written.append("coherence.png")
+            out["plots"] = written
+    out["seconds"] = time.perf_counter() - start
+    if out_dir is not None:
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(_jsonable(out), indent=2))
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    """Human-readable lines: classifier accuracy, coherence, likelihoods, FID, clustering."""
+    lines = []
+    acc = metrics.get("classifier_accuracy")
+    if acc:
+        lines.append("classifier test accuracy: " + ", ".join(f"{m} {v:.3f}" for m, v in acc.items()))
+    coh = metrics.get("coherence")
+    if coh:
+        lines.append("cross-modal coherence by number of given modalities: "
+                     + ", ".join(f"{k}: {v:.3f}" for k, v in coh["by_size"].items()))
+        lines.append(f"joint coherence (prior samples): {metrics['joint_coherence']:.3f}")
+    ll = metrics.get("log_likelihood")
+    if ll:
+        lines.append(
+            f"test log-likelihood: {ll['mean']:.2f} ± {ll['stderr']:.2f} (s.e.) nats per row "
+            f"(K={ll['num_particles']}, {ll['rows']} rows, k-hat > {ll['khat_threshold']}: "
+            f"{_pct(ll['khat_fraction_above_threshold'])} of rows)"
+        )
+    for m, c in (metrics.get("conditional_log_likelihood") or {}).items():
+        lines.append(
+            f"  log p({m} | {'+'.join(c['given'])}): {c['mean']:.2f} ± {c['stderr']:.2f} "
+            f"(k-hat > {c['khat_threshold']}: {_pct(c['khat_fraction_above_threshold'])})"
+        )
+    for m, scores in (metrics.get("fid") or {}).items():
+        lines.append(f"FID {m} ({metrics.get('fid_features')}): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    cl = metrics.get("clustering")
+    if cl:
+        lines.append(f"k-means on latent means: NMI {cl['nmi']:.3f}, ARI {cl['ari']:.3f}")
+    rec = metrics.get("reconstruction_mse", {}).get("by_modality")
+    if rec:
+        lines.append("reconstruction MSE (self / cross): "
+                     + ", ".join(f"{m} {v['self']:.4f} / {v['cross']:.4f}" for m, v in rec.items()))
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"

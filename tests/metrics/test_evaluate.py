@@ -1,0 +1,111 @@
+"""The new pictures and the one-call ``evaluate`` on a tiny PolyDigits model."""
+
+import json
+import logging
+import math
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from pyromv.data import PolyDigits
+from pyromv.metrics import (
+    ClassifierConfig,
+    EvalConfig,
+    evaluate,
+    format_summary,
+    plot_coherence,
+    plot_latent_embedding,
+    plot_reconstructions,
+)
+from pyromv.models import MVAE, MVAEConfig
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def polydigits():
+    source = PolyDigits(hidden_dim=16)
+    return source, source.load("train"), source.load("test")
+
+
+def _model(source):
+    torch.manual_seed(0)
+    return MVAE(source.modalities(), MVAEConfig(latent_dim=4))
+
+
+def test_plot_reconstructions_latent_and_coherence_write_pngs(tmp_path, polydigits):
+    source, _, test = polydigits
+    model = _model(source)
+    batch = test.batch().restrict(["m0", "m1"])  # m2 missing: its input panels stay blank
+    fig = plot_reconstructions(model, batch, n=4, path=tmp_path / "r.png")
+    assert len(fig.axes) == 2 * 3 * 4
+    assert not fig.axes[2 * 2 * 4].axison  # first input panel of m2 is blank
+    plt.close(fig)
+    z = torch.randn(50, 5)
+    plt.close(plot_latent_embedding(z, torch.arange(50) % 3, "pca", path=tmp_path / "z.png"))
+    plt.close(plot_coherence({1: 0.5, 2: 0.75}, {"m0": 0.5, "m0+m1": 0.75}, 0.3, path=tmp_path / "c.png"))
+    for name in ("r.png", "z.png", "c.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="umap"):
+        plot_latent_embedding(z, method="umap")
+    with pytest.raises(ValueError, match="labels"):
+        plot_latent_embedding(z, torch.arange(3))
+
+
+@pytest.mark.slow
+def test_tsne_embedding(tmp_path):
+    z = torch.randn(20, 5)
+    plt.close(plot_latent_embedding(z, torch.arange(20) % 2, "tsne", path=tmp_path / "t.png"))
+    assert (tmp_path / "t.png").read_bytes()[:8] == PNG
+
+
+def test_evaluate_writes_metrics_and_pictures(tmp_path, polydigits, caplog):
+    source, train, test = polydigits
+    model = _model(source)
+    cfg = EvalConfig(
+        num_particles=30, max_rows=20, particle_chunk=16, joint_samples=50, progress=False,
+        classifier=ClassifierConfig(epochs=1, hidden_dim=16), plot_rows=3,
+    )
+    test = test.subset(torch.arange(60))
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate(model, test, train.subset(torch.arange(300)), cfg, out_dir=tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["log_likelihood"]["rows"] == 20
+    assert saved["log_likelihood"]["num_particles"] == 30
+    assert math.isfinite(saved["log_likelihood"]["mean"])
+    assert set(saved["conditional_log_likelihood"]) == {"m0", "m1", "m2"}
+    assert saved["conditional_log_likelihood"]["m1"]["given"] == ["m0", "m2"]
+    assert set(saved["coherence"]["by_size"]) == {"1", "2"}
+    assert 0 <= saved["joint_coherence"] <= 1
+    assert set(saved["classifier_accuracy"]) == {"m0", "m1", "m2"}
+    assert set(saved["fid"]["m0"]) == {"prior", "given_others"}
+    assert {"nmi", "ari"} <= set(saved["clustering"])
+    assert set(saved["reconstruction_mse"]["by_modality"]) == {"m0", "m1", "m2"}
+    for name in ("reconstructions.png", "cross_generation.png", "samples.png", "latent_pca.png",
+                 "coherence.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert saved["plots"] == metrics["plots"]
+    # an untrained model's weights are heavy-tailed: the k-hat note goes to the log
+    if saved["log_likelihood"]["khat_fraction_above_threshold"]:
+        assert "k-hat above 0.7" in caplog.text
+    text = format_summary(metrics)
+    assert "test log-likelihood" in text and "± " in text and "coherence" in text
+
+
+def test_evaluate_without_labels_skips_what_needs_them(polydigits):
+    source, train, test = polydigits
+    test = test.subset(torch.arange(30))
+    unlabelled = test.__class__(test.modalities, test.data, test.obs_mask)
+    cfg = EvalConfig(num_particles=5, conditional=False, progress=False, fid=False, plots=False)
+    metrics = evaluate(_model(source), unlabelled, None, cfg)
+    assert "coherence" not in metrics and "clustering" not in metrics
+    assert set(metrics["skipped"]) >= {"classifiers", "coherence", "clustering"}
+    assert metrics["log_likelihood"]["rows"] == 30
+
+
+def test_eval_config_is_validated():
+    with pytest.raises(ValueError, match="num_particles"):
+        EvalConfig(num_particles=0).validate()
+    with pytest.raises(ValueError, match="embedding"):
+        EvalConfig(embedding="umap").validate()
