@@ -45,9 +45,10 @@ def reconstruction_error(
               \big(\mathbb E\,p(x_{mj} | z = \mathbb E\,q(z | X_S^{(i)})) - x^{(i)}_{mj}\big)^2
 
     over the observed entries ``Omega_m`` of modality ``m`` in the rows that observe every
-    modality of ``S``; for categorical entries (categorical modalities, categorical columns of a
-    tabular one) the error is 0/1, so their "MSE" is the rate of wrong symbols. ``m`` in ``S`` is a reconstruction, ``m`` outside ``S`` a
-    cross-modal prediction. Missing entries never count.
+    modality of ``S``. For categorical entries (categorical modalities, categorical columns of
+    a tabular one) the error is 0/1, so their "MSE" is the rate of wrong symbols. ``m`` in ``S``
+    is a reconstruction, ``m`` outside ``S`` a cross-modal prediction. Missing entries never
+    count.
 
     Returns
     -------

@@ -2,6 +2,7 @@
 
 import torch
 
+
 def test_categorical_entries_count_wrong_symbols_not_squared_codes():
     from pyromv.distributions import build_likelihood
     from pyromv.metrics.reconstruction import _entry_error
