@@ -17,6 +17,7 @@ from typing import Any
 
 import hydra
 import matplotlib.pyplot as plt
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,6 +36,8 @@ register_configs()
 def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str, Any]:
     """Train and evaluate as configured; write the outputs to ``out``; return the metrics."""
     start = time.perf_counter()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
     if cfg.sampler != "none":
         get_sampler_class(cfg.sampler)  # an unknown name fails before training, not after
     source = OmegaConf.to_object(cfg.data)
