@@ -18,7 +18,7 @@ from .base import (
     register_sampler,
     registered_samplers,
 )
-from .evaluation import compare_samplers, held_out_log_density
+from .evaluation import compare_samplers, fid_metric, held_out_log_density, joint_coherence_metric
 from .flows import AutoregressiveFlow, IAFSampler, MAFSampler, split_codes
 from .gmm import GaussianMixtureSampler
 from .plots import plot_generations
@@ -36,8 +36,10 @@ __all__ = [
     "compare_samplers",
     "decode_latents",
     "encode_latents",
+    "fid_metric",
     "get_sampler_class",
     "held_out_log_density",
+    "joint_coherence_metric",
     "label_generations",
     "load_sampler",
     "plot_generations",

@@ -301,12 +301,12 @@ class LatentSampler:
                 f"before {what}"
             )
 
-    def _check_codes(self, codes: Any, what: str = "codes") -> Tensor:
+    def _check_codes(self, codes: Any, what: str = "codes", check_dim: bool = True) -> Tensor:
         if not isinstance(codes, Tensor):
             raise TypeError(f"{what} must be a torch.Tensor, got {type(codes).__name__}")
         if codes.dim() != 2:
             raise ValueError(f"{what} must have shape (N, D), got {tuple(codes.shape)}")
-        if self.latent_dim is not None and codes.shape[1] != self.latent_dim:
+        if check_dim and self.latent_dim is not None and codes.shape[1] != self.latent_dim:
             raise ValueError(
                 f"{what} have dimension {codes.shape[1]}; the sampler models {self.latent_dim}"
             )
@@ -354,8 +354,8 @@ class LatentSampler:
         self.fit_info["codes"] = codes
 
     def fit_codes(self, codes: Tensor) -> LatentSampler:
-        """Fit the density to latent codes ``(N, D)``."""
-        codes = self._check_codes(codes)
+        """Fit the density to latent codes ``(N, D)`` (refitting replaces the previous fit)."""
+        codes = self._check_codes(codes, check_dim=False)
         if codes.shape[0] < 2:
             raise ValueError(f"need at least 2 codes to fit a density, got {codes.shape[0]}")
         self.latent_dim = None

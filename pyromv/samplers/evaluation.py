@@ -39,6 +39,59 @@ def held_out_log_density(
     return {"log_density": float(values.mean()), "standard_error": se, "rows": n}
 
 
+def joint_coherence_metric(
+    classifiers: Mapping[str, Callable[[Tensor], Tensor]], batch_size: int = 512,
+) -> GenerationMetric:
+    r"""A :func:`compare_samplers` metric: joint coherence of a generated data set.
+
+    .. math:: \frac1n \sum_i \mathbb 1\big[f_1(x_1^{(i)}) = \dots = f_M(x_M^{(i)})\big]
+
+    the fraction of rows whose per-modality classifiers (``x_m -> logits (B, C)``, e.g. from
+    :func:`pyromv.metrics.train_classifiers`) all predict the same class (Shi et al., NeurIPS
+    2019). :func:`pyromv.metrics.joint_coherence` scores prior draws; this scores any sampler's
+    generations (for :class:`~pyromv.samplers.PriorSampler` they coincide).
+    """
+    from ..metrics.classifiers import predict
+
+    if not classifiers:
+        raise ValueError("joint coherence needs at least one classifier")
+
+    def metric(generated: MultimodalDataset) -> float:
+        missing = [m for m in generated.names if m not in classifiers]
+        if missing:
+            raise ValueError(f"no classifier for modality {missing}: joint coherence needs one each")
+        preds = [predict(classifiers[m], generated.data[m], batch_size) for m in generated.names]
+        agree = torch.ones(len(generated), dtype=torch.bool)
+        for p in preds[1:]:
+            agree &= p == preds[0]
+        return float(agree.double().mean())
+
+    return metric
+
+
+def fid_metric(
+    real: MultimodalDataset, modality: str, extractor: Callable[[Tensor], Tensor],
+    batch_size: int = 256,
+) -> GenerationMetric:
+    """A :func:`compare_samplers` metric: FID of the generated rows of ``modality`` against the
+    rows of ``real`` that observe it, on ``extractor``'s features
+    (:func:`pyromv.metrics.fid_from_features`; Heusel et al., NeurIPS 2017). The real features
+    are extracted once."""
+    from ..metrics.fid import extract_features, fid_from_features
+
+    real.modality(modality)
+    rows = real.batch().row_mask(modality)
+    if int(rows.sum()) < 2:
+        raise ValueError(f"FID needs at least 2 real rows of modality {modality!r}")
+    real_features = extract_features(extractor, real.data[modality][rows], batch_size)
+
+    def metric(generated: MultimodalDataset) -> float:
+        fake = extract_features(extractor, generated.data[modality], batch_size)
+        return fid_from_features(real_features, fake)
+
+    return metric
+
+
 def compare_samplers(
     samplers: Mapping[str, LatentSampler],
     held_out: Tensor | MultimodalDataset | None = None,
@@ -59,8 +112,8 @@ def compare_samplers(
         sampler's own model).
     metrics : dict of name to callable, optional
         Each ``metric(generated_dataset)`` returns a number (or anything JSON-serialisable):
-        e.g. joint coherence with pre-trained classifiers, or an FID of the generations against
-        test data. Any callable works; none is built in here.
+        :func:`joint_coherence_metric` (pre-trained classifiers), :func:`fid_metric` (against
+        test data), or any callable.
     n : int
         Rows generated per sampler for the metrics.
     classifier : optional
@@ -81,7 +134,8 @@ def compare_samplers(
         if held_out is not None:
             row.update(held_out_log_density(sampler, held_out, model=model))
         if metrics:
-            with torch.random.fork_rng(devices=[]):
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 generated = sampler.generate(n, classifier=classifier, model=model)
             for metric_name, metric in metrics.items():
