@@ -33,11 +33,16 @@ class SubsampledELBO(PyroELBO):
         ``k`` in the paper.
     joint, unimodal : bool
         Include the joint term and the M unimodal terms.
+    vectorize : bool
+        Evaluate all terms in one pass: the model and guide are called once with the keyword
+        ``subsets=[names, ...]`` and must put one copy of the latents per subset in a plate
+        (as :class:`~pyromv.models.MVAE` does), so the base objective's sum over that plate is
+        the sum of the terms. Otherwise each term is a separate pass on a restricted batch.
     """
 
     def __init__(
         self, base: PyroELBO | None = None, num_random_subsets: int = 1, joint: bool = True,
-        unimodal: bool = True,
+        unimodal: bool = True, vectorize: bool = False,
     ) -> None:
         super().__init__()
         if num_random_subsets < 0:
@@ -46,6 +51,7 @@ class SubsampledELBO(PyroELBO):
         self.num_random_subsets = num_random_subsets
         self.joint = joint
         self.unimodal = unimodal
+        self.vectorize = vectorize
 
     # beta and the KL warm-up factor live on the base objective
     @property
@@ -86,6 +92,9 @@ class SubsampledELBO(PyroELBO):
     def differentiable_loss(self, model, guide, batch: MultimodalBatch, *args, **kwargs) -> torch.Tensor:
         if not isinstance(batch, MultimodalBatch):
             raise TypeError(f"SubsampledELBO needs a MultimodalBatch, got {type(batch).__name__}")
+        if self.vectorize:
+            subsets = [list(s) for s in self.subsets(batch.names)]
+            return self.base.differentiable_loss(model, guide, batch, *args, subsets=subsets, **kwargs)
         total = 0.0
         for subset in self.subsets(batch.names):
             term = batch if len(subset) == len(batch.names) else batch.restrict(subset)

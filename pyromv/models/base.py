@@ -153,11 +153,18 @@ class MultimodalVAE(PyroModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ model / guide
-    def observe(self, batch: MultimodalBatch, z: Tensor, private: dict[str, Tensor] | None = None) -> None:
-        """The likelihood sites ``x_{m}``; missing modalities are masked, never imputed."""
+    def observe(self, batch: MultimodalBatch, z: Tensor, private: dict[str, Tensor] | None = None,
+                term_masks: dict[str, Tensor] | None = None) -> None:
+        """The likelihood sites ``x_{m}``; missing modalities are masked, never imputed.
+
+        ``term_masks[m]`` (broadcastable to the plates, e.g. ``(T, 1)``) further restricts where
+        modality ``m`` is observed, for vectorised sums of objectives over modality subsets.
+        """
         for i in pyro.plate("modalities", len(self.modalities)):
             m = self.modalities[i]
             rows = batch.row_mask(m.name)
+            if term_masks is not None:
+                rows = rows & term_masks[m.name]
             if not bool(rows.any()):
                 continue  # masked in every row: contributes exactly zero, skip the decoder
             fn = self.likelihoods[m.name](self.decoders[m.name](self._decoder_input(m.name, z, private)))

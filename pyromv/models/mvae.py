@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
+import torch
+from torch import Tensor
 
 from ..data.batch import MultimodalBatch
 from ..distributions.fusion import ProductOfExperts
@@ -59,10 +62,46 @@ class MVAE(MultimodalVAE):
     """
 
     config_class = MVAEConfig
+    max_plate_nesting = 2  # the vectorised subsets of the sub-sampled objective
 
     def posterior(self, batch: MultimodalBatch) -> dist.TorchDistribution:
         loc, scale, mask = self.experts(batch)
         return ProductOfExperts(loc, scale, mask, self.prior_loc, self.prior_scale)
+
+    def _subset_matrix(self, subsets: Sequence[Sequence[str]]) -> Tensor:
+        for s in subsets:
+            for m in s:
+                self.modality(m)
+        return torch.tensor([[m in s for m in self.names] for s in subsets], device=self.prior_loc.device)
+
+    def model(self, batch: MultimodalBatch, subsets: Sequence[Sequence[str]] | None = None) -> None:
+        """``z ~ p(z)``, ``x_m ~ p(x_m | z)``; with ``subsets``, one copy of ``z`` per subset under
+        ``pyro.plate("experts", T)``, each observing only its subset (the sub-sampled
+        objective's terms in one vectorised pass, encoders run once)."""
+        if subsets is None:
+            return super().model(batch)
+        self._check_batch(batch)
+        self._announce_params()
+        member = self._subset_matrix(subsets)  # (T, M)
+        term_masks = {m: member[:, j].unsqueeze(-1) for j, m in enumerate(self.names)}
+        with pyro.plate("experts", len(subsets), dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):
+            z = pyro.sample("z", self.prior())
+            self.observe(batch, z, term_masks=term_masks)
+
+    def guide(self, batch: MultimodalBatch, subsets: Sequence[Sequence[str]] | None = None) -> None:
+        """``z ~ q(z | X_obs)``; with ``subsets``, ``z_t ~ q(z | X_{obs ∩ S_t})`` for each subset."""
+        if subsets is None:
+            return super().guide(batch)
+        self._check_batch(batch)
+        self._announce_params()
+        member = self._subset_matrix(subsets)
+        loc, scale, mask = self.experts(batch)  # (B, M, D), (B, M)
+        T = len(subsets)
+        experts = member.unsqueeze(1) & mask.unsqueeze(0)  # (T, B, M)
+        q = ProductOfExperts(loc.expand((T,) + loc.shape), scale.expand((T,) + scale.shape), experts,
+                             self.prior_loc, self.prior_scale)
+        with pyro.plate("experts", T, dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):
+            pyro.sample("z", q)
 
     def default_loss(self) -> pyro.infer.ELBO:
         c = self.config
@@ -72,4 +111,4 @@ class MVAE(MultimodalVAE):
                     max_plate_nesting=self.max_plate_nesting)
         if c.objective == "elbo":
             return elbo
-        return SubsampledELBO(elbo, num_random_subsets=c.num_random_subsets)
+        return SubsampledELBO(elbo, num_random_subsets=c.num_random_subsets, vectorize=True)
