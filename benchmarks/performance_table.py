@@ -30,22 +30,32 @@ def _time(fn, repeats: int) -> list[float]:
 
 
 def _peak_step_memory_mb(model_name: str, setting_name: str, batch_size: int, impl: str) -> float:
-    """Growth of the peak resident set size over 3 steps, in a fresh interpreter (MiB).
+    """Peak resident set size during 3 steps above the resident size just before them, in a fresh
+    interpreter (MiB).
 
-    torch's CPU allocator keeps no peak statistic, so the honest figure is the process's own
-    high-water mark (``ru_maxrss``) after set-up versus after the steps.
+    torch's CPU allocator keeps no peak statistic and ``ru_maxrss`` remembers the import-time
+    peak, so a thread samples ``/proc/self/statm`` every 0.2 ms while the steps run.
     """
     code = (
-        "import resource, torch, pyro\n"
+        "import gc, os, threading, time, torch, pyro\n"
         "from benchmarks.steps import make, setting, pyromv_step, reference_step\n"
         f"torch.set_num_threads(1); mods, batch = setting({setting_name!r}, {batch_size})\n"
         f"model, ref = make({model_name!r}, mods); opt = torch.optim.Adam(model.parameters())\n"
         "loss = model.default_loss(); pyro.enable_validation(False)\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"step = pyromv_step if {impl!r} == 'pyromv' else reference_step\n"
+        "arg = loss if step is pyromv_step else ref\n"
+        "step(model, arg, opt, batch); gc.collect()\n"
+        "page = os.sysconf('SC_PAGE_SIZE')\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * page\n"
+        "before, peak, done = rss(), [0], threading.Event()\n"
+        "def poll():\n"
+        "    while not done.is_set():\n"
+        "        peak[0] = max(peak[0], rss()); time.sleep(0.0002)\n"
+        "t = threading.Thread(target=poll); t.start()\n"
         "for _ in range(3):\n"
-        f"    step = pyromv_step if {impl!r} == 'pyromv' else reference_step\n"
-        "    step(model, loss if step is pyromv_step else ref, opt, batch)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+        "    step(model, arg, opt, batch)\n"
+        "done.set(); t.join()\n"
+        "print((peak[0] - before) / 2**20)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -60,8 +70,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("| model | setting | batch | pyromv ms/step | reference ms/step | ratio | rows/s | peak RSS growth MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | setting | batch | pyromv ms/step | reference ms/step | ratio | rows/s | step peak RSS MiB | reference MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for setting_name in args.settings:
         for batch_size in args.batch_sizes:
             for name in args.models:
@@ -93,6 +103,7 @@ def _row(name: str, setting_name: str, batch_size: int, repeats: int) -> str:
                 t_ref += _time(ref, 1)
     gc.collect()
     peak = _peak_step_memory_mb(name, setting_name, batch_size, "pyromv")
+    ref_peak = f"{_peak_step_memory_mb(name, setting_name, batch_size, 'reference'):.0f}" if reference else "—"
     ms = statistics.median(t_ours) * 1e3
     if reference:
         ref_ms = statistics.median(t_ref) * 1e3
@@ -100,7 +111,7 @@ def _row(name: str, setting_name: str, batch_size: int, repeats: int) -> str:
     else:
         ref_cell = ratio_cell = "—"
     return (f"| {name} | {setting_name} | {batch_size} | {ms:.1f} | {ref_cell} | {ratio_cell} | "
-            f"{batch_size / (ms / 1e3):.0f} | {peak:.0f} |")
+            f"{batch_size / (ms / 1e3):.0f} | {peak:.0f} | {ref_peak} |")
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import weakref
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import pyro
@@ -172,7 +173,8 @@ class MultimodalVAE(PyroModule):
             if features is not None:
                 fn = fn.mask(features)
             fn = fn.to_event(len(m.shape))
-            with poutine.mask(mask=rows), poutine.scale(scale=self.likelihood_weights[m.name]):
+            weight = self.likelihood_weights[m.name]
+            with poutine.mask(mask=rows), (poutine.scale(scale=weight) if weight != 1.0 else nullcontext()):
                 pyro.sample(f"x_{m.name}", fn, obs=batch.data[m.name])
 
     # ------------------------------------------------------------------ private latents
