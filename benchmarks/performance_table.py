@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("| model | setting | batch | pyromv ms/step | reference ms/step | ratio | rows/s | step peak RSS MiB | reference MiB |")
+    print("| model | setting | batch | pyromv ms/step | reference ms/step | ratio | rows/s "
+          "| step peak RSS MiB | reference MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for setting_name in args.settings:
         for batch_size in args.batch_sizes:
