@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ import torch
 from ..dataset import MultimodalDataset
 from ..modality import Modality, NetworkSpec
 from ._files import cached, missing_files, read_image, resolve_root, seeded_subset
+from ._specs import likelihood_kwargs, network_spec
 
 SPLITS = ("train", "val", "test")
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
@@ -136,21 +136,12 @@ class CelebA:
         return base
 
     def _network(self, name: str) -> NetworkSpec:
-        h = int(self.hidden_dim)
-        if name == "mlp":
-            return NetworkSpec(name, {"hidden_dims": [h, h]})
-        if name == "conv":
-            return NetworkSpec(name, {"hidden_dim": h})
-        return NetworkSpec(name, {})
+        return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
         self.check()
         s = int(self.image_size)
-        kw: dict[str, Any] = (
-            {"scale": float(self.likelihood_scale)}
-            if self.likelihood in ("normal", "laplace")
-            else {}
-        )
+        kw = likelihood_kwargs(self.likelihood, self.likelihood_scale)
         return [
             Modality(
                 "image",

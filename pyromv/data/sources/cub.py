@@ -7,7 +7,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ import torch
 from ..dataset import MultimodalDataset
 from ..modality import Modality, NetworkSpec
 from ._files import cached, missing_files, read_image, resolve_root, seeded_subset
+from ._specs import likelihood_kwargs, network_spec
 
 SPLITS = ("train", "test")
 SPECIAL_TOKENS = ("<exc>", "<pad>", "<eos>")
@@ -161,22 +161,13 @@ class CUBImageCaptions:
         return [str(w) for w in out["words"]]
 
     def _network(self, name: str) -> NetworkSpec:
-        h = int(self.hidden_dim)
-        if name == "mlp":
-            return NetworkSpec(name, {"hidden_dims": [h, h]})
-        if name == "conv":
-            return NetworkSpec(name, {"hidden_dim": h})
-        return NetworkSpec(name, {})
+        return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
         """Reads the training captions to size the vocabulary."""
         self.check()
         s = int(self.image_size)
-        kw: dict[str, Any] = (
-            {"scale": float(self.likelihood_scale)}
-            if self.likelihood in ("normal", "laplace")
-            else {}
-        )
+        kw = likelihood_kwargs(self.likelihood, self.likelihood_scale)
         return [
             Modality(
                 "image",

@@ -29,6 +29,7 @@ from ..modality import Modality, NetworkSpec
 from ._files import cached as _cached
 from ._files import find_first, missing_files, read_idx, stratified_subset
 from ._poly import composite, draw_same_class, random_crops, texture
+from ._specs import likelihood_kwargs, network_spec
 from ._text import FASHION_ALPHABET, check_alphabet, place_words
 
 #: where Debian's ``dataset-fashion-mnist`` package puts the idx files
@@ -166,17 +167,10 @@ class _FashionSource:
             )
 
     def _network(self, name: str) -> NetworkSpec:
-        h = int(self.hidden_dim)
-        if name == "mlp":
-            return NetworkSpec(name, {"hidden_dims": [h, h]})
-        if name == "conv":
-            return NetworkSpec(name, {"hidden_dim": h})
-        return NetworkSpec(name, {})
+        return network_spec(name, self.hidden_dim)
 
     def _likelihood_kwargs(self) -> dict[str, Any]:
-        if self.likelihood in ("normal", "laplace"):
-            return {"scale": float(self.likelihood_scale)}
-        return {}
+        return likelihood_kwargs(self.likelihood, self.likelihood_scale)
 
     def _image_modality(self, name: str) -> Modality:
         return Modality(

@@ -13,6 +13,7 @@ import torch
 from ..dataset import MultimodalDataset
 from ..modality import Modality, NetworkSpec
 from ._files import cached, file_stamp, missing_files, resolve_root, seeded_subset
+from ._specs import likelihood_kwargs, network_spec
 
 SPLITS = ("train", "test")
 
@@ -100,20 +101,11 @@ class MHD:
         return (1, 32, 96) if self.unstack_sound else (3, 32, 32)
 
     def _network(self, name: str) -> NetworkSpec:
-        h = int(self.hidden_dim)
-        if name == "mlp":
-            return NetworkSpec(name, {"hidden_dims": [h, h]})
-        if name == "conv":
-            return NetworkSpec(name, {"hidden_dim": h})
-        return NetworkSpec(name, {})
+        return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
         self.check()
-        kw: dict[str, Any] = (
-            {"scale": float(self.likelihood_scale)}
-            if self.likelihood in ("normal", "laplace")
-            else {}
-        )
+        kw = likelihood_kwargs(self.likelihood, self.likelihood_scale)
 
         def mod(name: str, shape: tuple[int, ...], net: str) -> Modality:
             return Modality(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from ._files import (
     resolve_root,
     seeded_subset,
 )
+from ._specs import likelihood_kwargs, network_spec
 from ._text import MMJSD_ALPHABET, check_alphabet, place_words
 
 SPLITS = ("train", "test")
@@ -222,19 +222,10 @@ class MNISTSVHN:
         return resolve_root(self.root, self._folder)
 
     def _network(self, name: str) -> NetworkSpec:
-        h = int(self.hidden_dim)
-        if name == "mlp":
-            return NetworkSpec(name, {"hidden_dims": [h, h]})
-        if name == "conv":
-            return NetworkSpec(name, {"hidden_dim": h})
-        return NetworkSpec(name, {})
+        return network_spec(name, self.hidden_dim)
 
     def _image(self, name: str, shape: tuple[int, ...], network: str) -> Modality:
-        kwargs: dict[str, Any] = (
-            {"scale": float(self.likelihood_scale)}
-            if self.likelihood in ("normal", "laplace")
-            else {}
-        )
+        kwargs = likelihood_kwargs(self.likelihood, self.likelihood_scale)
         return Modality(
             name,
             shape,

@@ -12,6 +12,7 @@ import torch
 from ..dataset import MultimodalDataset
 from ..modality import Modality, NetworkSpec
 from ._poly import composite, draw_same_class, texture
+from ._specs import likelihood_kwargs, network_spec
 
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (1, 8, 8)
@@ -118,15 +119,7 @@ class PolyDigits:
         return [f"m{m}" for m in range(int(self.num_modalities))]
 
     def _network(self, name: str) -> NetworkSpec:
-        h = int(self.hidden_dim)
-        kwargs: dict[str, Any]
-        if name == "mlp":
-            kwargs = {"hidden_dims": [h, h]}
-        elif name == "conv":
-            kwargs = {"hidden_dim": h}
-        else:
-            kwargs = {}
-        return NetworkSpec(name, kwargs)
+        return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
         """One :class:`Modality` of shape ``(1, 8, 8)`` per modality, in order."""
@@ -144,9 +137,7 @@ class PolyDigits:
         ]
 
     def _likelihood_kwargs(self) -> dict[str, Any]:
-        if self.likelihood in ("normal", "laplace"):
-            return {"scale": float(self.likelihood_scale)}
-        return {}
+        return likelihood_kwargs(self.likelihood, self.likelihood_scale)
 
     def _built(self) -> dict[str, Any]:
         self.check()

@@ -22,6 +22,7 @@ import torch
 from ..dataset import MultimodalDataset
 from ..modality import Modality, NetworkSpec
 from ._files import cached, missing_files, read_image, resolve_root, seeded_subset
+from ._specs import likelihood_kwargs, network_spec
 
 SPLITS = ("train", "test")
 _NAME = re.compile(r"^(\d+)\.(\d)\.png$")
@@ -110,20 +111,11 @@ class PolyMNIST:
         return resolve_root(self.root, self._folder)
 
     def _network(self, name: str) -> NetworkSpec:
-        h = int(self.hidden_dim)
-        if name == "mlp":
-            return NetworkSpec(name, {"hidden_dims": [h, h]})
-        if name == "conv":
-            return NetworkSpec(name, {"hidden_dim": h})
-        return NetworkSpec(name, {})
+        return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
         self.check()
-        kwargs: dict[str, Any] = (
-            {"scale": float(self.likelihood_scale)}
-            if self.likelihood in ("normal", "laplace")
-            else {}
-        )
+        kwargs = likelihood_kwargs(self.likelihood, self.likelihood_scale)
         return [
             Modality(
                 n,
