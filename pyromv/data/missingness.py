@@ -10,6 +10,23 @@ import torch
 from .dataset import MultimodalDataset
 
 
+def _rates(names: list[str], rate: float | Mapping[str, float], default: float | None) -> dict[str, float]:
+    """Per-modality rates in [0, 1] from one rate or a dict (unlisted modalities get ``default``,
+    or are left out when it is ``None``)."""
+    if isinstance(rate, Mapping):
+        unknown = set(rate) - set(names)
+        if unknown:
+            raise ValueError(f"unknown modality {sorted(unknown)} in rate: the modalities are {names}")
+        rates = {m: float(rate[m]) if m in rate else default for m in names}
+        rates = {m: r for m, r in rates.items() if r is not None}
+    else:
+        rates = {m: float(rate) for m in names}
+    for m, r in rates.items():
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"missing rate of modality {m!r} must be in [0, 1], got {r}")
+    return rates
+
+
 def mcar(
     dataset: MultimodalDataset,
     rate: float | Mapping[str, float],
@@ -28,18 +45,7 @@ def mcar(
     Returns a new data set; the input is not changed.
     """
     names = dataset.names
-    if isinstance(rate, Mapping):
-        unknown = set(rate) - set(names)
-        if unknown:
-            raise ValueError(
-                f"unknown modality {sorted(unknown)} in rate: the modalities are {names}"
-            )
-        rates = {m: float(rate.get(m, 0.0)) for m in names}
-    else:
-        rates = {m: float(rate) for m in names}
-    for m, r in rates.items():
-        if not 0.0 <= r <= 1.0:
-            raise ValueError(f"missing rate of modality {m!r} must be in [0, 1], got {r}")
+    rates = _rates(names, rate, default=0.0)
 
     g = torch.Generator().manual_seed(seed)
     n = len(dataset)
@@ -253,18 +259,7 @@ def feature_mcar(
     such rows are dropped with a warning. Returns a new data set.
     """
     names = dataset.names
-    if isinstance(rate, Mapping):
-        unknown = set(rate) - set(names)
-        if unknown:
-            raise ValueError(
-                f"unknown modality {sorted(unknown)} in rate: the modalities are {names}"
-            )
-        rates = {m: float(rate[m]) for m in rate}
-    else:
-        rates = {m: float(rate) for m in names}
-    for m, r in rates.items():
-        if not 0.0 <= r <= 1.0:
-            raise ValueError(f"missing rate of modality {m!r} must be in [0, 1], got {r}")
+    rates = _rates(names, rate, default=None)
     g = torch.Generator().manual_seed(seed)
     n = len(dataset)
     before, after = {}, {}

@@ -35,7 +35,8 @@ def build_model(description: dict[str, Any]) -> MultimodalVAE:
     return cls(modalities, config)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -59,8 +60,8 @@ def save_model(model: MultimodalVAE, folder: str | os.PathLike) -> Path:
         Path(tmp).write_text(text)
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state, tmp))
-    _atomic_write(folder / CONFIG_NAME, write_config)
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state, tmp))
+    atomic_write(folder / CONFIG_NAME, write_config)
     return folder
 
 

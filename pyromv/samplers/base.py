@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 
 from ..data.dataset import MultimodalDataset
 from ..models.base import MultimodalVAE
+from ..models.io import atomic_write
 
 CONFIG_NAME = "sampler.json"
 WEIGHTS_NAME = "sampler.safetensors"
@@ -233,19 +233,6 @@ def label_generations(data: Mapping[str, Tensor], classifier: Classifier) -> Ten
         "classifier must be a callable on the dict of modalities or a dict of per-modality "
         f"callables, got {type(classifier).__name__}"
     )
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------- the interface
@@ -460,8 +447,8 @@ class LatentSampler:
         }
         text = json.dumps(config, indent=2, sort_keys=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self._tensors().items()}
-        _atomic_write(folder / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(tensors, p))
-        _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        atomic_write(folder / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(tensors, p))
+        atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
         return folder
 
     @classmethod

@@ -9,24 +9,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ..data.dataset import MultimodalDataset  # noqa: E402
+from ..metrics.plots import _show  # noqa: E402
 
 
 def _is_image(shape: Sequence[int]) -> bool:
     return len(shape) == 3 and shape[0] in (1, 3)
-
-
-def _show(ax, image: torch.Tensor) -> None:
-    image = image.detach().float().cpu().clamp(0, 1)
-    if image.shape[0] == 1:
-        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(image.permute(1, 2, 0).numpy())
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def plot_generations(
