@@ -207,8 +207,9 @@ def importance_weights(
 ) -> tuple[Tensor, Tensor]:
     r"""Log importance weights of ``z_k ~ q(z | proposal_batch)`` for ``score_batch``.
 
-    The guide runs on ``proposal_batch`` under a vectorised particle plate of size ``K``;
-    ``model.model`` is replayed on its draws with ``score_batch``:
+    The proposal (``model.iw_guide``: one ``z`` per row from the model's fused posterior, the
+    mixture itself for mixture models) runs on ``proposal_batch`` under a vectorised particle
+    plate of size ``K``; ``model.iw_model`` is replayed on its draws with ``score_batch``:
 
     .. math:: \log w_{kb} = \log p(X_b, z_{kb}) - \log q(z_{kb} | X^{prop}_b)
 
@@ -219,10 +220,10 @@ def importance_weights(
     """
     particle_dim = -model.max_plate_nesting - 1
     shape = (num_particles, score_batch.batch_size)
-    guide = model.guide if guide is None else guide
+    guide = model.iw_guide if guide is None else guide
     plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim)
     guide_trace = poutine.trace(plate(guide)).get_trace(proposal_batch)
-    model_trace = poutine.trace(poutine.replay(plate(model.model), trace=guide_trace)).get_trace(
+    model_trace = poutine.trace(poutine.replay(plate(model.iw_model), trace=guide_trace)).get_trace(
         score_batch
     )
     guide_trace = poutine.util.prune_subsample_sites(guide_trace)

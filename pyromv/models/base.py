@@ -211,7 +211,8 @@ class MultimodalVAE(PyroModule):
         self._announce_params()
         with pyro.plate("batch", batch.batch_size):
             z = pyro.sample("z", self.prior())
-            self.observe(batch, z)
+            private = self.sample_private(batch, guide=False) if self.private_dim else None
+            self.observe(batch, z, private)
 
     def stratified_model(self, batch: MultimodalBatch, strata_mask: Tensor) -> None:
         """The model with ``E`` copies of ``z`` under ``pyro.plate("experts", E, dim=-2)``.
@@ -232,6 +233,8 @@ class MultimodalVAE(PyroModule):
         self._announce_params()
         with pyro.plate("batch", batch.batch_size):
             pyro.sample("z", self.posterior(batch))
+            if self.private_dim:
+                self.sample_private(batch, guide=True)
 
     # ------------------------------------------------------------------ the common surface
     def default_loss(self) -> pyro.infer.ELBO:
@@ -248,6 +251,16 @@ class MultimodalVAE(PyroModule):
         from ..infer import ELBO
 
         return ELBO(max_plate_nesting=self.max_plate_nesting)
+
+    def iw_model(self, batch: MultimodalBatch) -> None:
+        """The model with one ``z`` per row (no strata plate): with :meth:`iw_guide`, the pair
+        whose importance weights estimate ``log p(X_obs)``."""
+        MultimodalVAE.model(self, batch)
+
+    def iw_guide(self, batch: MultimodalBatch) -> None:
+        """The proposal ``z ~ q(z | X_obs)`` itself (:meth:`posterior`: for mixture models the
+        mixture, sampled and scored as one distribution) without training-only terms."""
+        MultimodalVAE.guide(self, batch)
 
     def evaluation_guide(self):
         """The guide whose ELBO :meth:`evaluation_loss` computes (the guide without any
