@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..data.batch import MultimodalBatch
 from ..data.dataset import MultimodalDataset
-from ..infer.importance import PARTICLE_PLATE
+from ..infer.importance import PARTICLE_PLATE, reduce_site
 from ..models.base import MultimodalVAE
 from ._util import as_batch, evaluating, model_device, seeded
 
@@ -187,13 +187,7 @@ def _site_log_probs(
         scale = site["scale"]
         if not (isinstance(scale, (int, float)) and scale == 1.0):
             lp = lp / scale  # likelihood rescaling or beta: score the model's actual density
-        rank = max(-particle_dim, -dims[0])
-        if lp.dim() < rank:
-            lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
-        other = [d for d in range(-lp.dim(), 0) if d not in (particle_dim, dims[0])]
-        if other:
-            lp = lp.sum(other)
-        out[name] = lp.expand(shape)
+        out[name] = reduce_site(site, lp, particle_dim, [batch_plate]).expand(shape)
     return out
 
 
