@@ -20,3 +20,12 @@ def _clean_pyro_state():
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def float64():
+    """Run a test in float64 (exact identities of the oracles hold to ~1e-12)."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)

@@ -99,13 +99,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
 
     def batch(self, indices: Tensor | slice | None = None) -> MultimodalBatch:
         """The rows ``indices`` (all rows by default) as one batch."""
-        idx = slice(None) if indices is None else indices
-        labels = None if self.labels is None else self.labels[idx]
-        return MultimodalBatch(
-            {m: v[idx] for m, v in self.data.items()},
-            {m: v[idx] for m, v in self.obs_mask.items()},
-            labels,
-        )
+        full = MultimodalBatch(self.data, self.obs_mask, self.labels)
+        return full if indices is None else full.index(indices)
 
     def batches(
         self,

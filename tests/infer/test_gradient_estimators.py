@@ -48,6 +48,7 @@ from tests.oracles.linear_gaussian import (
     modalities,
     set_decoders,
     set_exact_encoders,
+    set_unimodal_posterior_encoders,
 )
 
 DIMS = {"a": 3, "b": 2, "c": 4}
@@ -59,14 +60,7 @@ ALPHA = 1e-3
 GRADIENTS = ("standard", "stl", "dreg")
 
 
-@pytest.fixture(autouse=True)
-def _float64_one_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ---------------------------------------------------------------------- the oracle and models
@@ -75,19 +69,6 @@ def _lg() -> LinearGaussian:
     return LinearGaussian.random(DIMS, LATENT, SCALES, seed=1)
 
 
-@torch.no_grad()
-def _unimodal_exact(model, lg: LinearGaussian) -> None:
-    """Experts ``q_m(z | x_m) = p(z | x_m) = N(S W^T (x - b) / s^2, S)``,
-    ``S = (I + W^T W / s^2)^-1``
-    (diagonal here since ``W_m`` has orthogonal columns)."""
-    for m in model.names:
-        W, s2 = lg.W[m], lg.s[m] ** 2
-        S = torch.linalg.inv(torch.eye(LATENT, dtype=W.dtype) + W.T @ W / s2)
-        A = S @ W.T / s2
-        enc = model.encoders[m]
-        enc.linear.weight.copy_(A)
-        enc.linear.bias.copy_(-A @ lg.b[m])
-        enc.log_scale.copy_(0.5 * torch.diagonal(S).log())
 
 
 @torch.no_grad()
@@ -116,7 +97,7 @@ def _mmvae(exact: bool = False) -> MMVAE:
     lg = _lg()
     model = MMVAE(modalities(lg), MMVAEConfig(latent_dim=LATENT, distribution="normal"))
     set_decoders(model, lg)
-    _unimodal_exact(model, lg)
+    set_unimodal_posterior_encoders(model, lg)
     if not exact:
         _perturb(model)
     return model

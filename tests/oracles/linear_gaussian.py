@@ -198,6 +198,22 @@ def set_exact_encoders(model: MVAE, lg: LinearGaussian) -> None:
         enc.log_scale.copy_(0.5 * (lg.s[m] ** 2 / d2).log())
 
 
+@torch.no_grad()
+def set_unimodal_posterior_encoders(model, lg: LinearGaussian) -> None:
+    """Experts ``q_m(z | x_m) = p(z | x_m) = N(S W^T (x - b) / s^2, S)``,
+    ``S = (I + W^T W / s^2)^-1`` (diagonal, since ``W_m`` has orthogonal columns): exact
+    unimodal posteriors *without* a prior expert (MMVAE's and JMVAE's experts)."""
+    latent = model.latent_dim
+    for m in model.names:
+        W, s2 = lg.W[m], lg.s[m] ** 2
+        S = torch.linalg.inv(torch.eye(latent, dtype=W.dtype) + W.T @ W / s2)
+        A = S @ W.T / s2
+        enc = model.encoders[m]
+        enc.linear.weight.copy_(A)
+        enc.linear.bias.copy_(-A @ lg.b[m])
+        enc.log_scale.copy_(0.5 * torch.diagonal(S).log())
+
+
 def build_mvae(
     lg: LinearGaussian, names: Sequence[str] | None = None, exact_guide: bool = True, **config,
 ) -> MVAE:

@@ -55,6 +55,7 @@ from tests.oracles.linear_gaussian import (
     modalities,
     set_decoders,
     set_exact_encoders,
+    set_unimodal_posterior_encoders,
 )
 
 DIMS = {"a": 3, "b": 2, "c": 4}
@@ -81,18 +82,6 @@ def _nobs(masks) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- encoders of known quality
-@torch.no_grad()
-def _unimodal_exact(model, lg: LinearGaussian) -> None:
-    """Experts ``q_m(z | x_m) = p(z | x_m) = N(S W^T (x - b) / s^2, S)``,
-    ``S = (I + W^T W / s^2)^-1``."""
-    for m in model.names:
-        W, s2 = lg.W[m], lg.s[m] ** 2
-        S = torch.linalg.inv(torch.eye(LATENT, dtype=W.dtype) + W.T @ W / s2)
-        A = S @ W.T / s2
-        enc = model.encoders[m]
-        enc.linear.weight.copy_(A)
-        enc.linear.bias.copy_(-A @ lg.b[m])
-        enc.log_scale.copy_(0.5 * torch.diagonal(S).log())
 
 
 @torch.no_grad()
@@ -142,10 +131,10 @@ def _build(name: str, exact: bool = False, **config):
         cfg = {"alpha": 0.0, "joint_hidden_dims": [2 * width], **config}
         model = JMVAE(mods, JMVAEConfig(latent_dim=LATENT, **cfg))
         _joint_exact(model, lg)
-        _unimodal_exact(model, lg)
+        set_unimodal_posterior_encoders(model, lg)
     elif name == "mmvae":
         model = MMVAE(mods, MMVAEConfig(latent_dim=LATENT, distribution="normal", **config))
-        _unimodal_exact(model, lg)
+        set_unimodal_posterior_encoders(model, lg)
     elif name == "mopoe":
         cfg = {"objective": "iwae", "prior_expert": True, **config}
         model = MoPoE(mods, MoPoEConfig(latent_dim=LATENT, **cfg))
