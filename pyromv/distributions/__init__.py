@@ -1,22 +1,29 @@
 """Likelihood heads and fusion distributions (product and mixture of experts)."""
 
 from .detach import detach_distribution
-from .fusion import MixtureOfExperts, ProductOfExperts, StratifiedMixture
+from .fusion import AssignedMixture, MixtureOfExperts, ProductOfExperts, StratifiedMixture, assign_components
+from .gathered import GatheredLikelihood
 from .likelihoods import (
     LikelihoodHead,
     build_likelihood,
     register_likelihood,
     registered_likelihoods,
 )
+from .location_scale import SharedScaleLaplace, SharedScaleNormal
 from .tabular import MixedColumns, TabularHead
 
 __all__ = [
+    "AssignedMixture",
+    "GatheredLikelihood",
     "LikelihoodHead",
     "MixedColumns",
     "MixtureOfExperts",
     "ProductOfExperts",
+    "SharedScaleLaplace",
+    "SharedScaleNormal",
     "StratifiedMixture",
     "TabularHead",
+    "assign_components",
     "build_likelihood",
     "detach_distribution",
     "register_likelihood",

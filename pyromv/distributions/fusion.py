@@ -11,6 +11,7 @@ import math
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.distributions.kl import kl_divergence, register_kl
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 
@@ -59,17 +60,55 @@ class ProductOfExperts(dist.Independent):
             )
         mask = _check_mask(loc.shape[:-1], mask, loc.device)
         precision = mask.unsqueeze(-1).to(loc.dtype) / scale.pow(2)
-        total = precision.sum(-2)
-        weighted = (precision * loc).sum(-2)
+        if not include_prior and not bool(mask.any(-1).all()):
+            raise ValueError("ProductOfExperts without a prior expert needs an expert in every row")
+        self._fuse(precision.sum(-2), (precision * loc).sum(-2), prior_loc, prior_scale, include_prior,
+                   validate_args)
+
+    def _fuse(self, total: Tensor, weighted: Tensor, prior_loc, prior_scale, include_prior: bool,
+              validate_args: bool | None) -> None:
+        """Set the product from the experts' summed precisions and precision-weighted means."""
         if include_prior:
-            prior_precision = torch.as_tensor(prior_scale, dtype=loc.dtype, device=loc.device).pow(-2)
-            prior_loc = torch.as_tensor(prior_loc, dtype=loc.dtype, device=loc.device)
+            prior_precision = torch.as_tensor(prior_scale, dtype=total.dtype, device=total.device).pow(-2)
+            prior_loc = torch.as_tensor(prior_loc, dtype=total.dtype, device=total.device)
             total = total + prior_precision
             weighted = weighted + prior_precision * prior_loc
-        elif not bool(mask.any(-1).all()):
-            raise ValueError("ProductOfExperts without a prior expert needs an expert in every row")
-        self.expert_loc, self.expert_scale, self.expert_mask = loc, scale, mask
         super().__init__(dist.Normal(weighted / total, total.rsqrt()), 1, validate_args=validate_args)
+
+    @classmethod
+    def of_subsets(
+        cls,
+        loc: Tensor,
+        scale: Tensor,
+        subsets: Tensor,
+        prior_loc: float | Tensor = 0.0,
+        prior_scale: float | Tensor = 1.0,
+        include_prior: bool = True,
+        validate_args: bool | None = None,
+    ) -> ProductOfExperts:
+        """The product of each subset's experts at once, batch shape ``(S, *batch_shape)``.
+
+        ``subsets`` is ``(S, M)``, True where expert ``m`` belongs to subset ``s`` (every subset
+        non-empty unless ``include_prior``). The sums over members are one matrix product, so no
+        ``(S, *batch_shape, M, D)`` tensor is formed: ``2^M - 1`` subsets cost little more than
+        ``M`` experts (MoPoE).
+        """
+        if loc.shape != scale.shape or loc.dim() < 2:
+            raise ValueError(
+                f"expert loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must share one "
+                "shape (*batch_shape, M, D)"
+            )
+        if subsets.dim() != 2 or subsets.shape[1] != loc.shape[-2]:
+            raise ValueError(f"subsets must be (S, M) with M = {loc.shape[-2]}, got {tuple(subsets.shape)}")
+        if not include_prior and not bool(subsets.any(-1).all()):
+            raise ValueError("ProductOfExperts without a prior expert needs an expert in every subset")
+        member = subsets.to(loc.dtype)
+        precision = scale.pow(-2)
+        out = cls.__new__(cls)
+        out._fuse(torch.einsum("sm,...md->s...d", member, precision),
+                  torch.einsum("sm,...md->s...d", member, precision * loc),
+                  prior_loc, prior_scale, include_prior, validate_args)
+        return out
 
     @property
     def loc(self) -> Tensor:
@@ -157,9 +196,16 @@ class MixtureOfExperts(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
-        draws = self.components.rsample(sample_shape)  # (*s, *batch, M, D)
         idx = dist.Categorical(logits=self.log_weights).sample(sample_shape)  # (*s, *batch)
         idx = idx[..., None, None].expand(idx.shape + (1,) + self.event_shape)
+        base = self.components.base_dist if isinstance(self.components, dist.Independent) else None
+        if type(base) in (dist.Normal, dist.Laplace) and self.components.reinterpreted_batch_ndims == 1:
+            # location-scale experts: draw from the chosen expert only (not from all M)
+            shape = sample_shape + base.loc.shape
+            loc = base.loc.expand(shape).gather(-2, idx).squeeze(-2)
+            scale = base.scale.expand(shape).gather(-2, idx).squeeze(-2)
+            return type(base)(loc, scale).rsample()
+        draws = self.components.rsample(sample_shape)  # (*s, *batch, M, D)
         return draws.gather(-2, idx).squeeze(-2)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
@@ -280,3 +326,123 @@ class _ExpandedStratified(StratifiedMixture):
     @property
     def log_weights(self):
         return self.base.log_weights
+
+
+def assign_components(active: Tensor, balanced: bool = True, generator: torch.Generator | None = None) -> Tensor:
+    r"""One component per row, uniform over the row's active components.
+
+    ``active`` is ``(B, S)``; returns ``(B,)`` indices. With ``balanced=False`` each row draws its
+    own index. With ``balanced=True`` the draws are systematic: one uniform ``U`` for the batch,
+    row ``b`` takes its ``floor(n_b ((U + b / B) mod 1))``-th active component (``n_b`` of them).
+    Each row's index is still uniform over its active components (``(U + b/B) mod 1`` is uniform),
+    so estimates stay unbiased, while rows with the same active set spread evenly over it (the
+    balanced split of a batch over MoPoE's subsets in Sutter et al.'s code, without its fixed order).
+    A row with no active component gets index 0.
+    """
+    if active.dim() != 2:
+        raise ValueError(f"active must be (B, S), got shape {tuple(active.shape)}")
+    B = active.shape[0]
+    counts = active.sum(-1)
+    device = active.device
+    if balanced:
+        u = torch.rand((), generator=generator, device=device)
+        u = (u + torch.arange(B, device=device, dtype=u.dtype) / max(B, 1)) % 1.0
+    else:
+        u = torch.rand(B, generator=generator, device=device)
+    rank = (u * counts).floor().long().clamp(max=(counts - 1).clamp(min=0))  # which active one
+    # the first component whose running count of active components exceeds rank
+    return (active.long().cumsum(-1) > rank.unsqueeze(-1)).long().argmax(-1)
+
+
+class AssignedMixture(TorchDistribution):
+    r"""A mixture sampled through one component per row, assigned in advance, with the
+    mixture's expected KL divergence.
+
+    For components ``q_s`` with weights ``w_s`` and an assignment ``a`` drawn with
+    ``P(a = s) = w_s`` (e.g. :func:`assign_components`), ``rsample`` and ``log_prob`` are those
+    of ``q_a``, and the KL divergence to a location-scale ``p`` is the weighted average
+
+    .. math:: \mathrm{KL}(\,\cdot\, \| p) = \sum_s w_s\, \mathrm{KL}(q_s \| p)
+
+    over *all* components, in closed form. In an ELBO, ``E_q[\log p(x|z)] - KL`` then estimates
+    without bias the average of the per-component ELBOs,
+    ``sum_s w_s (E_{q_s}[\log p(x|z)] - KL(q_s || p))``, with one decoder pass per row: MoPoE's
+    objective as Sutter et al. (2021) train it (their code assigns subsets to rows in
+    fixed blocks). The KL average is the exact expectation over the assignment of the
+    Monte Carlo ``log q_a(z) - log p(z)``, so Monte Carlo KL and closed form agree in
+    expectation. ``log_prob`` is *not* the mixture's density (see :class:`MixtureOfExperts`).
+
+    Parameters
+    ----------
+    components : Independent distribution
+        Batch shape ``(*batch_shape, S)``, event shape ``(D,)``, its base a location-scale family
+        (``loc`` and ``scale`` arguments, e.g. Normal).
+    weights : Tensor
+        ``(*batch_shape, S)`` non-negative weights, normalised per row (a row of zeros: no
+        component; its KL is 0 and it must be masked out of the objective).
+    assignment : LongTensor
+        ``(*batch_shape,)`` index of each row's component.
+    """
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, components: dist.Independent, weights: Tensor, assignment: Tensor,
+                 validate_args: bool | None = None) -> None:
+        if not isinstance(components, dist.Independent) or len(components.event_shape) != 1:
+            raise ValueError("AssignedMixture needs Independent components with event shape (D,)")
+        shape = components.batch_shape
+        if weights.shape != shape or assignment.shape != shape[:-1]:
+            raise ValueError(
+                f"AssignedMixture: components {tuple(shape)}, weights {tuple(weights.shape)} and "
+                f"assignment {tuple(assignment.shape)} do not fit (*batch, S), (*batch, S), (*batch,)"
+            )
+        self.components, self.weights, self.assignment = components, weights, assignment
+        base = components.base_dist
+        index = assignment[..., None, None].expand(assignment.shape + (1,) + components.event_shape)
+        self.selected = type(base)(base.loc.gather(-2, index).squeeze(-2),
+                                   base.scale.gather(-2, index).squeeze(-2)).to_event(1)
+        super().__init__(shape[:-1], components.event_shape, validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return self.components.support
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        S = self.weights.shape[-1]
+        return AssignedMixture(self.components.expand(batch_shape + (S,)), self.weights.expand(batch_shape + (S,)),
+                               self.assignment.expand(batch_shape), validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        return self.selected.rsample(sample_shape)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``log q_a(z)``, the density of the assigned component."""
+        return self.selected.log_prob(value)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.selected.mean
+
+    @property
+    def variance(self) -> Tensor:
+        return self.selected.variance
+
+
+def _with_component_dim(p: dist.Independent) -> dist.Independent:
+    """``p`` with a size-1 batch dim inserted before its event dim (location-scale bases)."""
+    base = p.base_dist if isinstance(p, dist.Independent) else None
+    if base is None or p.reinterpreted_batch_ndims != 1 or not hasattr(base, "loc") or not hasattr(base, "scale"):
+        raise NotImplementedError("AssignedMixture has a closed-form KL to Independent location-scale priors only")
+    return type(base)(base.loc.unsqueeze(-2), base.scale.unsqueeze(-2)).to_event(1)
+
+
+@register_kl(AssignedMixture, dist.Independent)
+def _kl_assigned_mixture(q: AssignedMixture, p: dist.Independent) -> Tensor:
+    kl = kl_divergence(q.components, _with_component_dim(p))  # (*batch, S)
+    return torch.where(q.weights > 0, q.weights * kl, torch.zeros_like(kl)).sum(-1)

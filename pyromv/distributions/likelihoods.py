@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .location_scale import SharedScaleLaplace, SharedScaleNormal
+
 _HEADS: dict[str, Callable[..., LikelihoodHead]] = {}
 
 
@@ -95,7 +97,7 @@ class ContinuousBernoulliHead(LikelihoodHead):
 
 
 class _LocationScaleHead(LikelihoodHead):
-    family: type = dist.Normal
+    family: type = SharedScaleNormal
 
     def __init__(self, shape: tuple[int, ...], scale: float = 1.0, learn_scale: bool = False,
                  scale_per_feature: bool = False, min_scale: float = 1e-3) -> None:
@@ -130,14 +132,14 @@ class _LocationScaleHead(LikelihoodHead):
 class NormalHead(_LocationScaleHead):
     """``Normal(decoder(z), scale)``; ``scale`` a standard deviation, fixed or learned (``learn_scale``)."""
 
-    family = dist.Normal
+    family = SharedScaleNormal
 
 
 @register_likelihood("laplace")
 class LaplaceHead(_LocationScaleHead):
     """``Laplace(decoder(z), scale)``, fixed or learned scale (used by MMVAE on images)."""
 
-    family = dist.Laplace
+    family = SharedScaleLaplace
 
 
 @register_likelihood("categorical")

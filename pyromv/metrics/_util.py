@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pyro
 import torch
 
 from ..data.batch import MultimodalBatch
@@ -48,11 +49,13 @@ def as_batch(model: MultimodalVAE, data: MultimodalDataset | MultimodalBatch) ->
 
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """``model.eval()`` and ``torch.no_grad()`` inside the block; the training flag is restored."""
+    """``model.eval()``, ``torch.no_grad()`` and Pyro's validation off inside the block (the data
+    sets were validated when built; the support checks would cost a third of a likelihood
+    evaluation); the training flag is restored."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pyro.validation_enabled(False):
             yield
     finally:
         model.train(was_training)

@@ -15,16 +15,26 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.nn import PyroModule
-from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.runtime import _PYRO_STACK, get_plates
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
 
 from ..data.batch import MultimodalBatch
 from ..data.modality import Modality
 from ..data.validation import check_modalities
+from ..distributions.gathered import GatheredLikelihood
 from ..distributions.likelihoods import build_likelihood
 from ..nn.registry import build_decoder, build_encoder
 from .config import ModelConfig
+
+
+def _plate_shape() -> torch.Size:
+    """The batch shape of the active vectorised plates (particles, strata, rows)."""
+    frames = [f for f in get_plates() if f.dim is not None]
+    shape = [1] * max((-f.dim for f in frames), default=0)
+    for f in frames:
+        shape[f.dim] = f.size
+    return torch.Size(shape)
 
 
 def _capturing_params() -> bool:
@@ -155,27 +165,51 @@ class MultimodalVAE(PyroModule):
 
     # ------------------------------------------------------------------ model / guide
     def observe(self, batch: MultimodalBatch, z: Tensor, private: dict[str, Tensor] | None = None,
-                term_masks: dict[str, Tensor] | None = None) -> None:
+                term_masks: dict[str, Tensor] | None = None, scored: Tensor | None = None) -> None:
         """The likelihood sites ``x_{m}``; missing modalities are masked, never imputed.
 
         ``term_masks[m]`` (broadcastable to the plates, e.g. ``(T, 1)``) further restricts where
-        modality ``m`` is observed, for vectorised sums of objectives over modality subsets.
+        modality ``m`` is observed, for vectorised sums of objectives over modality subsets;
+        ``scored`` (broadcastable to the plates, e.g. a ``(E, B)`` strata mask) restricts every
+        modality alike. Only the entries left are decoded (:meth:`likelihood`); the others are
+        masked out of the sites.
         """
         for i in pyro.plate("modalities", len(self.modalities)):
             m = self.modalities[i]
             rows = batch.row_mask(m.name)
             if term_masks is not None:
                 rows = rows & term_masks[m.name]
+            if scored is not None:
+                rows = rows & scored
             if not bool(rows.any()):
                 continue  # masked in every row: contributes exactly zero, skip the decoder
-            fn = self.likelihoods[m.name](self.decoders[m.name](self._decoder_input(m.name, z, private)))
-            features = batch.feature_mask(m.name)
-            if features is not None:
-                fn = fn.mask(features)
-            fn = fn.to_event(len(m.shape))
+            fn = self.likelihood(m.name, self._decoder_input(m.name, z, private), rows, batch.feature_mask(m.name))
             weight = self.likelihood_weights[m.name]
             with poutine.mask(mask=rows), (poutine.scale(scale=weight) if weight != 1.0 else nullcontext()):
                 pyro.sample(f"x_{m.name}", fn, obs=batch.data[m.name])
+
+    def likelihood(self, name: str, h: Tensor, scored: Tensor | None = None,
+                   features: Tensor | None = None) -> dist.TorchDistribution:
+        """``p(x_m | h)`` (event shape: the modality's) for decoder inputs ``h``, over the shape of
+        the active plates.
+
+        ``scored`` (broadcastable to it) marks the entries an objective scores; where it leaves
+        some out, only the scored entries are decoded
+        (:class:`~pyromv.distributions.GatheredLikelihood`, log-density 0 elsewhere: mask the
+        site there). ``features`` is a feature-level mask ``(B, *shape)`` of the observations.
+        """
+        head, decoder = self.likelihoods[name], self.decoders[name]
+        if scored is None or bool(scored.all()):
+            fn = head(decoder(h))
+            if features is not None:
+                fn = fn.mask(features)
+            return fn.to_event(len(head.shape))
+        shape = torch.broadcast_shapes(_plate_shape(), h.shape[:-1], scored.shape)
+        scored = scored.expand(shape)
+        fn = head(decoder(h.expand(shape + h.shape[-1:])[scored]))
+        if features is not None:
+            fn = fn.mask(features.expand(shape + features.shape[1:])[scored])
+        return GatheredLikelihood(fn.to_event(len(head.shape)), scored)
 
     # ------------------------------------------------------------------ private latents
     def _decoder_input(self, name: str, z: Tensor, private: dict[str, Tensor] | None) -> Tensor:
@@ -218,14 +252,16 @@ class MultimodalVAE(PyroModule):
         """The model with ``E`` copies of ``z`` under ``pyro.plate("experts", E, dim=-2)``.
 
         Used with guides that sample every stratum of a mixture (MMVAE's experts, MoPoE's
-        subsets): copy ``e`` of row ``b`` is scored only where ``strata_mask[e, b]``.
+        subsets): copy ``e`` of row ``b`` is scored only where ``strata_mask[e, b]``. Private
+        latents ``w_m`` (where the model has them) are drawn once per copy.
         """
         self._check_batch(batch)
         self._announce_params()
         E, B = strata_mask.shape
         with pyro.plate("experts", E, dim=-2), pyro.plate("batch", B, dim=-1), poutine.mask(mask=strata_mask):
             z = pyro.sample("z", self.prior())
-            self.observe(batch, z)
+            private = self.sample_private(batch, guide=False) if self.private_dim else None
+            self.observe(batch, z, private, scored=strata_mask)
 
     def guide(self, batch: MultimodalBatch) -> None:
         """``z ~ q(z | X_obs)``, the model's fusion of the observed experts."""
@@ -261,6 +297,10 @@ class MultimodalVAE(PyroModule):
         """The proposal ``z ~ q(z | X_obs)`` itself (:meth:`posterior`: for mixture models the
         mixture, sampled and scored as one distribution) without training-only terms."""
         MultimodalVAE.guide(self, batch)
+
+    def evaluation_model(self):
+        """The model whose ELBO :meth:`evaluation_loss` computes with :meth:`evaluation_guide`."""
+        return self.model
 
     def evaluation_guide(self):
         """The guide whose ELBO :meth:`evaluation_loss` computes (the guide without any

@@ -4,7 +4,8 @@ Each function computes, with plain torch on a model's own networks, the loss tha
 model's Pyro objective computes: same estimator, same order of random draws, so under the same
 seed the values and gradients agree. They serve two purposes: the equality tests check the
 Pyro objectives against them, and the benchmarks report pyromv's per-step cost as a ratio to
-them (Pyro's tracing is the only difference).
+them (Pyro's tracing is the only difference). Like the models, they decode only the latents
+whose likelihood an estimator scores.
 """
 
 from __future__ import annotations
@@ -28,22 +29,28 @@ def _experts(model, batch: MultimodalBatch) -> tuple[Tensor, Tensor, Tensor]:
     return torch.stack(locs, -2), torch.stack(scales, -2), torch.stack(masks, -1)
 
 
-def _log_likelihood(model, batch: MultimodalBatch, z: Tensor, term_masks: dict[str, Tensor] | None = None) -> Tensor:
-    """``sum_m w_m mask_m log p(x_m | z)``, shape ``z.shape[:-1]``."""
-    total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+def _log_likelihood(model, batch: MultimodalBatch, z: Tensor, term_masks: dict[str, Tensor] | None = None,
+                    scored: Tensor | None = None) -> Tensor:
+    """``sum_m w_m mask_m log p(x_m | z)``, shape ``z.shape[:-1]``; only the latents that a
+    modality's mask (and ``scored``, broadcastable to ``z.shape[:-1]``) keeps are decoded."""
+    shape = z.shape[:-1]
+    total = torch.zeros(shape, dtype=z.dtype, device=z.device)
     for mod in model.modalities:
         rows = batch.row_mask(mod.name)
         if term_masks is not None:
             rows = rows & term_masks[mod.name]
+        if scored is not None:
+            rows = rows & scored
+        rows = rows.expand(shape)
         if not bool(rows.any()):
             continue
-        fn = model.likelihoods[mod.name](model.decoders[mod.name](z))
-        lp = fn.log_prob(batch.data[mod.name])
+        fn = model.likelihoods[mod.name](model.decoders[mod.name](z[rows]))
+        lp = fn.log_prob(batch.data[mod.name].expand(shape + mod.shape)[rows])
         features = batch.feature_mask(mod.name)
         if features is not None:
-            lp = lp * features
-        lp = lp.flatten(lp.dim() - len(mod.shape)).sum(-1) if mod.shape else lp
-        total = total + model.likelihood_weights[mod.name] * torch.where(rows, lp, torch.zeros_like(lp))
+            lp = lp * features.expand(shape + mod.shape)[rows]
+        lp = lp.flatten(1).sum(-1) if mod.shape else lp
+        total = total + model.likelihood_weights[mod.name] * lp.new_zeros(shape).masked_scatter(rows, lp)
     return total
 
 
@@ -113,7 +120,7 @@ def mmvae_reference_loss(model, batch: MultimodalBatch) -> Tensor:
     prior_scale = model.log_prior_scale.exp() if model.config.learn_prior_scale else model.prior_scale
     log_prior = D.Independent(family(model.prior_loc, prior_scale), 1).log_prob(z)
     beta = model.config.beta
-    lw = _log_likelihood(model, batch, z) + beta * (log_prior - log_q)
+    lw = _log_likelihood(model, batch, z, scored=strata) + beta * (log_prior - log_q)
     lw = torch.where(strata, lw, torch.zeros_like(lw))
     weights = strata / strata.sum(0, keepdim=True)
     bound = ((torch.logsumexp(lw, 0) - math.log(K)) * weights).sum()
@@ -126,17 +133,48 @@ def mmvae_reference_loss(model, batch: MultimodalBatch) -> Tensor:
     return -(bound.detach() + surrogate - surrogate.detach())
 
 
-def mopoe_reference_loss(model, batch: MultimodalBatch) -> Tensor:
-    """MoPoE's paper objective: ``sum_s w_s [E_{q_s} log p(X|z) - KL(q_s || p)]`` over the subsets
-    inside each row, one sample per subset, summed over rows."""
+def _mopoe_subset_posteriors(model, batch: MultimodalBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Each subset's product of experts ``(S, B, D)`` and the subsets inside each row ``(S, B)``."""
     loc, scale, observed = _experts(model, batch)  # (B, M, D), (B, M)
     member = model.membership  # (S, M)
     inside = (member.unsqueeze(1) <= observed.unsqueeze(0)).all(-1)  # (S, B)
-    experts = member.unsqueeze(1).expand(-1, observed.shape[0], -1).to(loc.dtype)
-    mu, sigma = _poe(loc.unsqueeze(0), scale.unsqueeze(0), experts, model.prior_loc, model.prior_scale,
-                     model.config.prior_expert)  # (S, B, D)
+    precision = scale**-2
+    total = torch.einsum("sm,bmd->sbd", member.to(loc.dtype), precision)  # sums over each subset's members
+    weighted = torch.einsum("sm,bmd->sbd", member.to(loc.dtype), precision * loc)
+    if model.config.prior_expert:
+        total = total + model.prior_scale**-2
+        weighted = weighted + model.prior_loc * model.prior_scale**-2
+    return weighted / total, total.rsqrt(), inside
+
+
+def mopoe_reference_loss(model, batch: MultimodalBatch) -> Tensor:
+    """MoPoE's paper estimator of ``sum_s w_s [E_{q_s} log p(X|z) - KL(q_s || p)]``: one subset
+    per row (systematic draw over the row's subsets: one uniform for the batch), one ``z`` from
+    it, each modality decoded once, the KL averaged over the row's subsets; summed over rows."""
+    mu, sigma, inside = _mopoe_subset_posteriors(model, batch)
+    B = inside.shape[1]
+    counts = inside.sum(0)  # (B,)
+    if model.config.subset_sampling == "balanced":
+        u = (torch.rand(()) + torch.arange(B) / B) % 1.0
+    else:
+        u = torch.rand(B)
+    rank = torch.minimum((u * counts).floor().long(), (counts - 1).clamp(min=0))
+    pick = (inside.long().cumsum(0) > rank).long().argmax(0)  # (B,) the rank-th inside subset
+    rows = torch.arange(B)
+    z = D.Normal(mu[pick, rows], sigma[pick, rows]).rsample()  # (B, D)
+    recon = _log_likelihood(model, batch, z)
+    weights = inside / counts.clamp(min=1)
+    kl = (weights * _gaussian_kl(mu, sigma, model.prior_loc, model.prior_scale)).sum(0)
+    has = counts > 0
+    return -torch.where(has, recon - model.config.beta * kl, torch.zeros_like(kl)).sum()
+
+
+def mopoe_stratified_reference_loss(model, batch: MultimodalBatch) -> Tensor:
+    """MoPoE's ``"stratified_elbo"``: ``sum_s w_s [E_{q_s} log p(X|z) - KL(q_s || p)]`` over the
+    subsets inside each row, one sample from every subset, summed over rows."""
+    mu, sigma, inside = _mopoe_subset_posteriors(model, batch)
     z = D.Normal(mu, sigma).rsample((1,))  # one particle, as the vectorised objective draws it
-    recon = _log_likelihood(model, batch, z)[0]  # (S, B)
+    recon = _log_likelihood(model, batch, z, scored=inside)[0]  # (S, B)
     kl = _gaussian_kl(mu, sigma, model.prior_loc, model.prior_scale)
     term = torch.where(inside, recon - model.config.beta * kl, torch.zeros_like(kl))
     weights = inside / inside.sum(0, keepdim=True).clamp(min=1)  # a row with no subset inside adds 0

@@ -1,6 +1,6 @@
 """Training: the optimisation loop, checkpoints and exact resume."""
 
 from .checkpoint import find_checkpoint, write_checkpoint
-from .trainer import NonFiniteLossError, Trainer, TrainerConfig
+from .trainer import NonFiniteLossError, Trainer, TrainerConfig, default_optimizer
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig", "find_checkpoint", "write_checkpoint"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig", "default_optimizer", "find_checkpoint", "write_checkpoint"]

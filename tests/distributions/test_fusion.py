@@ -359,3 +359,89 @@ def test_moe_needs_expert_dim_and_vector_event():
         MixtureOfExperts(dist.Normal(loc, scale))  # no event dim
     with pytest.raises(ValueError):
         MixtureOfExperts(dist.Normal(loc[0, 0], scale[0, 0]).to_event(1))  # no expert dim
+
+
+# ====================================================================== ProductOfExperts.of_subsets
+@pytest.mark.parametrize("include_prior", [True, False])
+def test_poe_of_subsets_equals_the_masked_products(include_prior):
+    loc, scale = _experts((B,), m=3)
+    subsets = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    q = ProductOfExperts.of_subsets(loc, scale, subsets, 0.5, 2.0, include_prior=include_prior)
+    assert q.batch_shape == (3, B) and q.event_shape == (D,)
+    for s in range(3):
+        ref = ProductOfExperts(loc, scale, subsets[s].expand(B, 3), 0.5, 2.0, include_prior=include_prior)
+        assert_close(q.loc[s], ref.loc)
+        assert_close(q.scale[s], ref.scale)
+
+
+def test_poe_of_subsets_errors():
+    loc, scale = _experts((B,), m=3)
+    with pytest.raises(ValueError, match=r"\(S, M\) with M = 3"):
+        ProductOfExperts.of_subsets(loc, scale, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="every subset"):
+        ProductOfExperts.of_subsets(loc, scale, torch.tensor([[1, 0, 0], [0, 0, 0]], dtype=torch.bool),
+                                    include_prior=False)
+
+
+# ====================================================================== MixtureOfExperts sampling
+@pytest.mark.parametrize("family", [dist.Normal, dist.Laplace])
+def test_moe_draws_have_the_mixture_moments(family):
+    """Draws from the chosen expert only: mean and variance of the mixture (law of total variance)."""
+    loc = torch.tensor([[[-2.0, 0.0], [1.0, 3.0], [4.0, -1.0]]])  # (1, 3, 2)
+    scale = torch.tensor([[[0.5, 1.0], [0.2, 0.3], [1.0, 0.5]]])
+    mask = torch.tensor([[True, True, False]])
+    q = MixtureOfExperts(family(loc, scale).to_event(1), mask)
+    torch.manual_seed(0)
+    z = q.rsample((20000,))  # (n, 1, 2)
+    comp_var = family(loc, scale).variance
+    w = torch.tensor([0.5, 0.5, 0.0])[:, None]
+    mean = (w * loc[0]).sum(0)
+    var = (w * (comp_var[0] + loc[0] ** 2)).sum(0) - mean**2
+    se_mean = (var / 20000).sqrt()
+    assert ((z.mean(0)[0] - mean).abs() < 5 * se_mean).all()
+    assert ((z.var(0)[0] / var - 1).abs() < 0.05).all()
+
+
+# ====================================================================== AssignedMixture
+def _gauss_kl(m1, s1, m2, s2):
+    return (torch.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5).sum(-1)
+
+
+def test_assigned_mixture_samples_the_assigned_component_and_averages_the_kl():
+    from pyromv.distributions import AssignedMixture
+
+    loc, scale = _experts((B,), m=4)
+    active = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    weights = active / active.sum(-1, keepdim=True)
+    assignment = torch.tensor([1, 0, 3, 2])
+    q = AssignedMixture(dist.Normal(loc, scale).to_event(1), weights, assignment)
+    rows = torch.arange(B)
+    assert q.batch_shape == (B,) and q.event_shape == (D,)
+    assert_close(q.mean, loc[rows, assignment])
+    z = torch.randn(5, B, D)
+    assert_close(q.log_prob(z), dist.Normal(loc[rows, assignment], scale[rows, assignment]).log_prob(z).sum(-1))
+    torch.manual_seed(0)
+    draws = q.rsample((4000,))
+    assert ((draws.mean(0) - loc[rows, assignment]).abs() < 5 * scale[rows, assignment] / math.sqrt(4000)).all()
+    prior = dist.Normal(torch.full((D,), 0.3), torch.full((D,), 1.5)).to_event(1)
+    kl = kl_divergence(q, prior.expand((B,)))
+    hand = (weights * _gauss_kl(loc, scale, torch.tensor(0.3), torch.tensor(1.5))).sum(-1)
+    assert_close(kl, hand)
+    # under a particle plate: leading dims, the same KL
+    expanded = q.expand((3, B))
+    assert expanded.rsample().shape == (3, B, D)
+    assert_close(kl_divergence(expanded, prior.expand((3, B))), hand.expand(3, B))
+
+
+def test_assigned_mixture_errors():
+    from pyromv.distributions import AssignedMixture
+
+    loc, scale = _experts((B,), m=4)
+    comps = dist.Normal(loc, scale).to_event(1)
+    with pytest.raises(ValueError, match="do not fit"):
+        AssignedMixture(comps, torch.ones(B, 3), torch.zeros(B, dtype=torch.long))
+    with pytest.raises(ValueError, match="Independent"):
+        AssignedMixture(dist.Normal(loc, scale), torch.ones(B, 4), torch.zeros(B, dtype=torch.long))
+    q = AssignedMixture(comps, torch.ones(B, 4) / 4, torch.zeros(B, dtype=torch.long))
+    with pytest.raises(NotImplementedError):  # no closed form to a non location-scale prior
+        kl_divergence(q, dist.Uniform(-torch.ones(B, D), torch.ones(B, D)).to_event(1))

@@ -11,7 +11,7 @@ def test_strata_weights_average_over_the_subsets_inside_each_row_with_private_la
     g = torch.Generator().manual_seed(0)
     data = {m.name: torch.randn(40, *m.shape, generator=g) for m in MODS}
     batch = mcar(MultimodalDataset(MODS, data), 0.5, seed=2).batch()
-    model = MoPoE(MODS, MoPoEConfig(latent_dim=2, private_latent_dim=2))
+    model = MoPoE(MODS, MoPoEConfig(latent_dim=2, private_latent_dim=2, objective="stratified_elbo"))
     _, guide_trace = trace_pair(model.model, model.guide, (batch,), {}, 3, 2)
     weights = strata_weights(guide_trace, -3, "experts", "batch", torch.Size([7, 40]))
     observed = torch.stack([batch.row_mask(m.name) for m in MODS], -1)  # (B, M)

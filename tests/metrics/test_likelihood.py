@@ -8,6 +8,7 @@ import sys
 import types
 
 import numpy as np
+import pyro
 import pytest
 import torch
 
@@ -174,3 +175,17 @@ def test_likelihood_rescaling_of_a_modality_does_not_change_the_density():
     cond = log_likelihood(model, batch, given="a", **kw)
     torch.testing.assert_close(log_likelihood(rescaled, batch, given="a", **kw).values, cond.values)
 
+
+
+def test_evaluation_turns_pyro_validation_off_and_restores_it():
+    """The metrics run on validated data sets; Pyro's support checks would cost about a third of
+    a likelihood evaluation (docs/performance.md), so ``evaluating`` turns them off."""
+    from pyro.infer.util import is_validation_enabled
+
+    from pyromv.metrics._util import evaluating
+
+    model = torch.nn.Linear(2, 2)
+    with pyro.validation_enabled(True):
+        with evaluating(model):
+            assert not is_validation_enabled() and not torch.is_grad_enabled() and not model.training
+        assert is_validation_enabled() and model.training

@@ -13,6 +13,7 @@ from pyromv.models import MMVAE, MVAE, MMVAEConfig, MoPoE, MoPoEConfig, MVAEConf
 from pyromv.testing.reference import (
     mmvae_reference_loss,
     mopoe_reference_loss,
+    mopoe_stratified_reference_loss,
     mvae_elbo_reference,
     mvae_reference_loss,
 )
@@ -45,6 +46,11 @@ CASES = [
     (lambda: MoPoE(MODALITIES, MoPoEConfig(latent_dim=4)), mopoe_reference_loss),
     (lambda: MoPoE(MODALITIES, MoPoEConfig(latent_dim=4, prior_expert=True, subsets=[["img"], ["vec", "tag"]])),
      mopoe_reference_loss),
+    (lambda: MoPoE(MODALITIES, MoPoEConfig(latent_dim=4, subset_sampling="random", beta=0.5)), mopoe_reference_loss),
+    (lambda: MoPoE(MODALITIES, MoPoEConfig(latent_dim=4, objective="stratified_elbo")),
+     mopoe_stratified_reference_loss),
+    (lambda: MoPoE(MODALITIES, MoPoEConfig(latent_dim=4, objective="stratified_elbo", prior_expert=True,
+                                           subsets=[["img"], ["vec", "tag"]])), mopoe_stratified_reference_loss),
 ]
 
 

@@ -546,3 +546,50 @@ def test_evaluate_is_the_mean_negative_elbo_per_row():
     ])
     se = math.hypot(small.std().item(), whole.std().item()) / math.sqrt(R)
     assert abs(small.mean().item() - whole.mean().item()) < 5 * se + 1e-4
+
+
+# ---------------------------------------------------------------------- optimiser and gradient norm
+def test_default_optimizer_is_adam_with_the_fused_kernel_where_torch_has_one():
+    from pyromv.training import default_optimizer
+
+    model = _model()
+    opt = Trainer(model, config=_config()).optimizer
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-2
+    assert opt.param_groups[0]["fused"] is True  # torch >= 2.4 has a CPU kernel
+    # the same update as the loop implementation (to float rounding)
+    ref_model = _model()
+    ref = torch.optim.Adam(ref_model.parameters(), lr=1e-2, foreach=False)
+    fused = default_optimizer(model.parameters(), 1e-2)
+    for _ in range(3):
+        for m, o in ((model, fused), (ref_model, ref)):
+            o.zero_grad()
+            torch.manual_seed(0)
+            ELBO().differentiable_loss(m.model, m.guide, _dataset().batch()).backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_default_optimizer_falls_back_without_a_fused_kernel(monkeypatch):
+    from pyromv.training import default_optimizer
+
+    real = torch.optim.Adam
+
+    def no_fused(params, lr, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt = default_optimizer(_model().parameters(), 1e-3)
+    assert isinstance(opt, real) and not opt.param_groups[0].get("fused")
+
+
+def test_gradient_norm_is_the_global_two_norm():
+    from pyromv.training.trainer import _grad_norm
+
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(3,), (2, 2), (1,)]]
+    params[0].grad = torch.tensor([3.0, 0.0, 0.0])
+    params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 12.0]])
+    assert float(_grad_norm(params)) == pytest.approx(13.0)
+    assert float(_grad_norm([torch.nn.Parameter(torch.zeros(1))])) == 0.0
