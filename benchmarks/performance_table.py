@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--settings", nargs="+", default=["mlp784", "polydigits"])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print("| model | setting | batch | pyromv ms/step | reference ms/step | ratio | rows/s "

@@ -208,10 +208,6 @@ class MixtureOfExperts(TorchDistribution):
         draws = self.components.rsample(sample_shape)  # (*s, *batch, M, D)
         return draws.gather(-2, idx).squeeze(-2)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
     @property
     def mean(self) -> Tensor:
         return (self.log_weights.exp().unsqueeze(-1) * self.components.mean).sum(-2)
@@ -282,10 +278,6 @@ class StratifiedMixture(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         return self.components.rsample(sample_shape)
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         n = len(self.batch_shape)  # value: (..., E, *batch, D)
@@ -416,10 +408,6 @@ class AssignedMixture(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         return self.selected.rsample(sample_shape)
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log q_a(z)``, the density of the assigned component."""

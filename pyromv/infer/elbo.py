@@ -92,6 +92,10 @@ class ELBO(LatentScaling, TraceMeanField_ELBO):
                 elbo = elbo + model_site["log_prob_sum"]
                 continue
             guide_site = guide_trace.nodes[name]
+            if is_validation_enabled() and not guide_site["fn"].has_rsample:
+                raise NotImplementedError(
+                    f"ELBO with analytic_kl needs reparameterised guide sites; {name!r} has no rsample"
+                )
             try:
                 kl = kl_divergence(guide_site["fn"], model_site["fn"])
             except NotImplementedError:

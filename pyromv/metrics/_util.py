@@ -50,7 +50,7 @@ def as_batch(model: MultimodalVAE, data: MultimodalDataset | MultimodalBatch) ->
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[None]:
     """``model.eval()``, ``torch.no_grad()`` and Pyro's validation off inside the block (the data
-    sets were validated when built; the support checks would cost a third of a likelihood
+    sets were validated when built; the support checks would cost a quarter of a likelihood
     evaluation); the training flag is restored."""
     was_training = model.training
     model.eval()

@@ -173,6 +173,72 @@ def test_elbo_loss_and_differentiable_loss_agree():
     assert a == pytest.approx(b.item(), rel=1e-5)
 
 
+def test_elbo_equals_pyros_trace_mean_field_elbo():
+    """pyromv's ELBO skips the latent log-densities that analytic KL never reads; the value and the
+    gradients are Pyro's TraceMeanField_ELBO's, with and without validation."""
+    model = _model(objective="elbo")
+    batch = _batch()
+    params = list(model.parameters())
+    for validate in (True, False):
+        with pyro.validation_enabled(validate):
+            torch.manual_seed(4)
+            ours = ELBO(num_particles=3, max_plate_nesting=1).differentiable_loss(model.model, model.guide, batch)
+            g1 = torch.autograd.grad(ours, params)
+            torch.manual_seed(4)
+            pyros = pyro.infer.TraceMeanField_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+            theirs = pyros.differentiable_loss(model.model, model.guide, batch)
+            g2 = torch.autograd.grad(theirs, params)
+        assert_close(ours, theirs)
+        for a, b in zip(g1, g2):
+            assert_close(a, b)
+
+
+def _student_pair(data):
+    """A Normal guide for a Student-t latent (no closed-form KL in torch) next to a Normal latent,
+    and a guide factor."""
+    def model():
+        with pyro.plate("rows", 4):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+            v = pyro.sample("v", dist.StudentT(3.0, 0.0, 1.0))
+            pyro.sample("x", dist.Normal(u + v, 0.5), obs=data)
+
+    def guide():
+        with pyro.plate("rows", 4):
+            pyro.sample("u", dist.Normal(torch.full((4,), 0.3), 0.8))
+            pyro.sample("v", dist.Normal(torch.full((4,), -0.2), 0.6))
+            pyro.factor("penalty", torch.full((4,), 0.1), has_rsample=True)
+
+    return model, guide
+
+
+def test_elbo_falls_back_to_monte_carlo_per_site():
+    """Where a latent has no closed-form KL its term is log p(v) - log q(v) of the drawn value; the
+    other keeps its closed form; a guide factor is subtracted: all on the same draws."""
+    data = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    model, guide = _student_pair(data)
+    torch.manual_seed(0)
+    tr = poutine.trace(guide).get_trace()
+    u, v = tr.nodes["u"]["value"], tr.nodes["v"]["value"]
+    expected = (dist.Normal(u + v, 0.5).log_prob(data).sum()
+                - kl_divergence(dist.Normal(torch.full((4,), 0.3), 0.8), dist.Normal(0.0, 1.0)).sum()
+                + (dist.StudentT(3.0, 0.0, 1.0).log_prob(v) - dist.Normal(-0.2, 0.6).log_prob(v)).sum()
+                - 0.4)
+    torch.manual_seed(0)
+    loss = ELBO(max_plate_nesting=1).differentiable_loss(model, guide)
+    assert_close(-loss, expected)
+
+
+def test_elbo_with_analytic_kl_refuses_guides_without_rsample():
+    def model():
+        pyro.sample("k", dist.Bernoulli(0.5))
+
+    def guide():
+        pyro.sample("k", dist.Bernoulli(0.3))
+
+    with pyro.validation_enabled(True), pytest.raises(NotImplementedError, match="'k' has no rsample"):
+        ELBO(max_plate_nesting=0).differentiable_loss(model, guide)
+
+
 # ====================================================================== latent scaling
 
 

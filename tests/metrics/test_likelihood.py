@@ -178,7 +178,7 @@ def test_likelihood_rescaling_of_a_modality_does_not_change_the_density():
 
 
 def test_evaluation_turns_pyro_validation_off_and_restores_it():
-    """The metrics run on validated data sets; Pyro's support checks would cost about a third of
+    """The metrics run on validated data sets; Pyro's support checks would cost about a quarter of
     a likelihood evaluation (docs/performance.md), so ``evaluating`` turns them off."""
     from pyro.infer.util import is_validation_enabled
 
