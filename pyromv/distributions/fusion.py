@@ -53,11 +53,7 @@ class ProductOfExperts(dist.Independent):
         include_prior: bool = True,
         validate_args: bool | None = None,
     ) -> None:
-        if loc.shape != scale.shape or loc.dim() < 2:
-            raise ValueError(
-                f"expert loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must share one "
-                "shape (*batch_shape, M, D)"
-            )
+        _check_experts(loc, scale)
         mask = _check_mask(loc.shape[:-1], mask, loc.device)
         precision = mask.unsqueeze(-1).to(loc.dtype) / scale.pow(2)
         if not include_prior and not bool(mask.any(-1).all()):
@@ -93,11 +89,7 @@ class ProductOfExperts(dist.Independent):
         ``(S, *batch_shape, M, D)`` tensor is formed: ``2^M - 1`` subsets cost little more than
         ``M`` experts (MoPoE).
         """
-        if loc.shape != scale.shape or loc.dim() < 2:
-            raise ValueError(
-                f"expert loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must share one "
-                "shape (*batch_shape, M, D)"
-            )
+        _check_experts(loc, scale)
         if subsets.dim() != 2 or subsets.shape[1] != loc.shape[-2]:
             raise ValueError(f"subsets must be (S, M) with M = {loc.shape[-2]}, got {tuple(subsets.shape)}")
         if not include_prior and not bool(subsets.any(-1).all()):
@@ -211,6 +203,14 @@ class MixtureOfExperts(TorchDistribution):
     @property
     def mean(self) -> Tensor:
         return (self.log_weights.exp().unsqueeze(-1) * self.components.mean).sum(-2)
+
+
+def _check_experts(loc: Tensor, scale: Tensor) -> None:
+    if loc.shape != scale.shape or loc.dim() < 2:
+        raise ValueError(
+            f"expert loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must share one "
+            "shape (*batch_shape, M, D)"
+        )
 
 
 def _check_mask(shape: torch.Size, mask: Tensor | None, device: torch.device) -> Tensor:
