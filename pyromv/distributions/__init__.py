@@ -1,7 +1,14 @@
 """Likelihood heads and fusion distributions (product and mixture of experts)."""
 
 from .detach import detach_distribution
-from .fusion import AssignedMixture, MixtureOfExperts, ProductOfExperts, StratifiedMixture, assign_components
+from .fusion import (
+    AssignedMixture,
+    MixtureOfExperts,
+    ProductOfExperts,
+    StratifiedMixture,
+    assign_components,
+    select_component,
+)
 from .gathered import GatheredLikelihood
 from .likelihoods import (
     LikelihoodHead,
@@ -28,4 +35,5 @@ __all__ = [
     "detach_distribution",
     "register_likelihood",
     "registered_likelihoods",
+    "select_component",
 ]

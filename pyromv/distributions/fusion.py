@@ -189,20 +189,35 @@ class MixtureOfExperts(TorchDistribution):
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         idx = dist.Categorical(logits=self.log_weights).sample(sample_shape)  # (*s, *batch)
-        idx = idx[..., None, None].expand(idx.shape + (1,) + self.event_shape)
-        base = self.components.base_dist if isinstance(self.components, dist.Independent) else None
-        if type(base) in (dist.Normal, dist.Laplace) and self.components.reinterpreted_batch_ndims == 1:
-            # location-scale experts: draw from the chosen expert only (not from all M)
-            shape = sample_shape + base.loc.shape
-            loc = base.loc.expand(shape).gather(-2, idx).squeeze(-2)
-            scale = base.scale.expand(shape).gather(-2, idx).squeeze(-2)
-            return type(base)(loc, scale).rsample()
+        if _is_location_scale(self.components):  # draw from the chosen expert only, not from all M
+            return select_component(self.components, idx).rsample()
         draws = self.components.rsample(sample_shape)  # (*s, *batch, M, D)
+        idx = idx[..., None, None].expand(idx.shape + (1,) + self.event_shape)
         return draws.gather(-2, idx).squeeze(-2)
 
     @property
     def mean(self) -> Tensor:
         return (self.log_weights.exp().unsqueeze(-1) * self.components.mean).sum(-2)
+
+
+def _is_location_scale(components: TorchDistribution) -> bool:
+    """Independent Normal or Laplace experts over the last batch dim (the layout of the fusions)."""
+    return (isinstance(components, dist.Independent) and components.reinterpreted_batch_ndims == 1
+            and type(components.base_dist) in (dist.Normal, dist.Laplace))
+
+
+def select_component(components: dist.Independent, index: Tensor) -> dist.Independent:
+    """The component ``index`` of each row of location-scale experts ``(*batch, M)``.
+
+    ``index`` has shape ``(*lead, *batch)`` (leading dims, e.g. samples, allowed); the result has
+    that batch shape, the experts' family and event shape.
+    """
+    base = components.base_dist
+    shape = index.shape + base.loc.shape[-2:]
+    idx = index[..., None, None].expand(index.shape + (1,) + base.loc.shape[-1:])
+    loc = base.loc.expand(shape).gather(-2, idx).squeeze(-2)
+    scale = base.scale.expand(shape).gather(-2, idx).squeeze(-2)
+    return type(base)(loc, scale).to_event(1)
 
 
 def _check_experts(loc: Tensor, scale: Tensor) -> None:
@@ -320,7 +335,7 @@ class _ExpandedStratified(StratifiedMixture):
         return self.base.log_weights
 
 
-def assign_components(active: Tensor, balanced: bool = True, generator: torch.Generator | None = None) -> Tensor:
+def assign_components(active: Tensor, balanced: bool = True) -> Tensor:
     r"""One component per row, uniform over the row's active components.
 
     ``active`` is ``(B, S)``; returns ``(B,)`` indices. With ``balanced=False`` each row draws its
@@ -337,10 +352,10 @@ def assign_components(active: Tensor, balanced: bool = True, generator: torch.Ge
     counts = active.sum(-1)
     device = active.device
     if balanced:
-        u = torch.rand((), generator=generator, device=device)
+        u = torch.rand((), device=device)
         u = (u + torch.arange(B, device=device, dtype=u.dtype) / max(B, 1)) % 1.0
     else:
-        u = torch.rand(B, generator=generator, device=device)
+        u = torch.rand(B, device=device)
     rank = (u * counts).floor().long().clamp(max=(counts - 1).clamp(min=0))  # which active one
     # the first component whose running count of active components exceeds rank
     return (active.long().cumsum(-1) > rank.unsqueeze(-1)).long().argmax(-1)
@@ -381,7 +396,7 @@ class AssignedMixture(TorchDistribution):
 
     def __init__(self, components: dist.Independent, weights: Tensor, assignment: Tensor,
                  validate_args: bool | None = None) -> None:
-        if not isinstance(components, dist.Independent) or len(components.event_shape) != 1:
+        if len(components.event_shape) != 1:
             raise ValueError("AssignedMixture needs Independent components with event shape (D,)")
         shape = components.batch_shape
         if weights.shape != shape or assignment.shape != shape[:-1]:
@@ -390,10 +405,9 @@ class AssignedMixture(TorchDistribution):
                 f"assignment {tuple(assignment.shape)} do not fit (*batch, S), (*batch, S), (*batch,)"
             )
         self.components, self.weights, self.assignment = components, weights, assignment
-        base = components.base_dist
-        index = assignment[..., None, None].expand(assignment.shape + (1,) + components.event_shape)
-        self.selected = type(base)(base.loc.gather(-2, index).squeeze(-2),
-                                   base.scale.gather(-2, index).squeeze(-2)).to_event(1)
+        if not _is_location_scale(components):
+            raise ValueError("AssignedMixture needs Normal or Laplace components")
+        self.selected = select_component(components, assignment)
         super().__init__(shape[:-1], components.event_shape, validate_args=validate_args)
 
     @constraints.dependent_property
@@ -416,10 +430,6 @@ class AssignedMixture(TorchDistribution):
     @property
     def mean(self) -> Tensor:
         return self.selected.mean
-
-    @property
-    def variance(self) -> Tensor:
-        return self.selected.variance
 
 
 def _with_component_dim(p: dist.Independent) -> dist.Independent:

@@ -72,9 +72,3 @@ class GatheredLikelihood(TorchDistribution):
         out = draws.new_zeros(sample_shape + self.batch_shape + self.event_shape)
         out[(slice(None),) * len(sample_shape) + (self.mask,)] = draws
         return out
-
-    @property
-    def mean(self) -> Tensor:
-        out = self.scored.mean.new_zeros(self.batch_shape + self.event_shape)
-        out[self.mask] = self.scored.mean
-        return out

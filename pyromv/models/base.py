@@ -315,11 +315,7 @@ class MultimodalVAE(PyroModule):
     def decode(self, z: Tensor, private: dict[str, Tensor] | None = None) -> dict[str, dist.TorchDistribution]:
         """``p(x_m | z[, w_m])`` for every modality (event shape = the modality's shape); private
         latents not given are drawn from their prior."""
-        return {
-            m.name: self.likelihoods[m.name](self.decoders[m.name](self._decoder_input(m.name, z, private)))
-            .to_event(len(m.shape))
-            for m in self.modalities
-        }
+        return {m.name: self.likelihood(m.name, self._decoder_input(m.name, z, private)) for m in self.modalities}
 
     def _point(self, z: Tensor, targets: Sequence[str] | None,
                private: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -118,7 +118,7 @@ class MoPoE(MultimodalVAE):
     def _subset_posteriors(self, batch: MultimodalBatch) -> tuple[ProductOfExperts, Tensor]:
         """Per-subset PoE with batch shape ``(S, B)`` and the mask of subsets inside each row."""
         loc, scale, observed = self.experts(batch)  # (B, M, D), (B, M)
-        inside = (self.membership.unsqueeze(1) <= observed.unsqueeze(0)).all(-1)  # (S, B): s within O_b
+        inside = self._subsets_inside(observed)
         # a subset outside a row's observed modalities keeps all its members, so every product
         # stays finite (such subsets are masked)
         poe = ProductOfExperts.of_subsets(loc, scale, self.membership, self.prior_loc, self.prior_scale,
@@ -133,9 +133,12 @@ class MoPoE(MultimodalVAE):
                                                       inside.transpose(0, 1))  # (B, S, D)
         return MixtureOfExperts(dist.Normal(loc, scale).to_event(1), mask)
 
-    def _inside(self, batch: MultimodalBatch) -> Tensor:
-        observed = torch.stack([batch.row_mask(m) for m in self.names], -1)  # (B, M)
+    def _subsets_inside(self, observed: Tensor) -> Tensor:
+        """``(S, B)``: subset ``s`` lies within the modalities row ``b`` observes (``observed`` ``(B, M)``)."""
         return (self.membership.unsqueeze(1) <= observed.unsqueeze(0)).all(-1)
+
+    def _inside(self, batch: MultimodalBatch) -> Tensor:
+        return self._subsets_inside(torch.stack([batch.row_mask(m) for m in self.names], -1))
 
     # ------------------------------------------------------------------ the paper's estimator
     def model(self, batch: MultimodalBatch) -> None:

@@ -102,7 +102,7 @@ def test_paper_estimator_has_the_stratified_expectation(rows, sampling):
 
 def test_a_biased_assignment_is_detected(monkeypatch):
     """Positive control: always the row's first subset (singletons first) is a biased estimate."""
-    def first(active, balanced=True, generator=None):
+    def first(active, balanced=True):
         return active.long().argmax(-1)
 
     monkeypatch.setattr("pyromv.models.mopoe.assign_components", first)
