@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
-
 import torch
 from pyro.infer.elbo import ELBO as PyroELBO
 from pyro.infer.util import torch_item
+from torch import Tensor
 
 from ..data.batch import MultimodalBatch
 from .elbo import ELBO
 
 
+def random_middle_subsets(observed: Tensor, k: int) -> Tensor:
+    """``k`` subsets of each row's observed modalities, uniform over those of size 2 to ``|O| - 1``.
+
+    ``observed`` is ``(B, M)``; returns ``(k, B, M)``, an empty subset for a row with fewer than
+    three observed modalities (it has no such subset). A size ``r`` is drawn with probability
+    ``C(|O|, r) / N`` (``N`` the number of such subsets), then ``r`` of the observed modalities
+    uniformly, so every subset has probability ``1 / N``; nothing is enumerated, whatever ``M``.
+    """
+    B, M = observed.shape
+    n = observed.sum(-1)  # (B,)
+    r = torch.arange(M + 1, device=observed.device)
+    log_choose = (torch.lgamma(n.unsqueeze(-1) + 1.0) - torch.lgamma(r + 1.0)
+                  - torch.lgamma((n.unsqueeze(-1) - r).clamp(min=0) + 1.0))
+    allowed = (r >= 2) & (r <= n.unsqueeze(-1) - 1)  # (B, M + 1)
+    has = allowed.any(-1)
+    weights = torch.where(allowed, log_choose.exp(), torch.zeros_like(log_choose))
+    weights = torch.where(has.unsqueeze(-1), weights, torch.ones_like(weights))  # rows without: any draw, masked
+    size = torch.multinomial(weights.repeat(k, 1), 1).view(k, B, 1)
+    keys = torch.rand(k, B, M, device=observed.device).masked_fill(~observed, 2.0)
+    rank = keys.argsort(-1).argsort(-1)  # position of each modality in a random order of the observed ones
+    return (rank < size) & observed & has.unsqueeze(-1)
+
+
 class SubsampledELBO(PyroELBO):
-    r"""MVAE's sub-sampled training objective (Wu & Goodman 2018, Sec. 3.1).
+    r"""MVAE's sub-sampled training objective (Wu & Goodman 2018, Sec. 3.1), row by row.
 
-    .. math:: \mathcal L(X) = \mathrm{ELBO}(X) + \sum_{m} \mathrm{ELBO}(x_m)
-              + \sum_{j=1}^{k} \mathrm{ELBO}(X_{S_j}),\quad S_j \text{ random subsets}
+    .. math:: \mathcal L(X_O) = \mathrm{ELBO}(X_O) + \sum_{m \in O} \mathrm{ELBO}(x_m)
+              + \sum_{j=1}^{k} \mathrm{ELBO}(X_{S_j}),\qquad S_j \subset O,\ 2 \le |S_j| \le |O| - 1
 
-    Each term is the base objective on the batch with every modality outside the subset
-    marked missing, so on partially observed rows a term bounds ``log p`` of what the row
-    observes inside the subset (rows that observe nothing of it contribute exactly 0: their
-    posterior is the prior). The ``k`` subsets are drawn each step uniformly among the subsets
-    of size 2 to M-1 (torch's global RNG, so seeded runs repeat).
+    On a complete row this is the paper's objective. A row that observes only ``O`` gets the
+    same objective over its own modalities: its joint term is over ``O``, its unimodal terms are
+    those of the modalities it observes, and its ``k`` random subsets are drawn uniformly among
+    the subsets of ``O`` of size 2 to ``|O| - 1`` (none when ``|O| < 3``). When ``|O| = 1`` the joint
+    and the unimodal term are the same ELBO and it is counted once (the unimodal copy is
+    dropped), so no row's likelihood is counted twice for the same subset. Each term is the base
+    objective on the batch with the modalities outside the row's subset marked missing: a term
+    that is empty for a row adds exactly 0 (its posterior is the prior). Random subsets come
+    from torch's global RNG, drawn per row, so seeded runs repeat.
 
     Parameters
     ----------
@@ -32,12 +57,13 @@ class SubsampledELBO(PyroELBO):
     num_random_subsets : int
         ``k`` in the paper.
     joint, unimodal : bool
-        Include the joint term and the M unimodal terms.
+        Include the joint term and the unimodal terms.
     vectorize : bool
         Evaluate all terms in one pass: the model and guide are called once with the keyword
-        ``subsets=[names, ...]`` and must put one copy of the latents per subset in a plate
-        (as :class:`~pyromv.models.MVAE` does), so the base objective's sum over that plate is
-        the sum of the terms. Otherwise each term is a separate pass on a restricted batch.
+        ``subsets``, a ``(T, B, M)`` boolean membership of each term and row, and must put one
+        copy of the latents per term in a plate (as :class:`~pyromv.models.MVAE` does), so the
+        base objective's sum over that plate is the sum of the terms. Otherwise each term is a
+        separate pass on a batch whose row masks are cut to the term.
     """
 
     def __init__(
@@ -47,6 +73,8 @@ class SubsampledELBO(PyroELBO):
         super().__init__()
         if num_random_subsets < 0:
             raise ValueError(f"num_random_subsets must be >= 0, got {num_random_subsets}")
+        if not (joint or unimodal or num_random_subsets):
+            raise ValueError("SubsampledELBO has no terms: enable joint, unimodal or random subsets")
         self.base = base if base is not None else ELBO()
         self.num_random_subsets = num_random_subsets
         self.joint = joint
@@ -73,32 +101,35 @@ class SubsampledELBO(PyroELBO):
     def _get_trace(self, model, guide, args, kwargs):
         return self.base._get_trace(model, guide, args, kwargs)
 
-    def subsets(self, names: Sequence[str]) -> list[tuple[str, ...]]:
-        """The subsets for one step: joint, unimodal, then ``k`` random ones."""
-        names = tuple(names)
-        out: list[tuple[str, ...]] = []
+    def terms(self, observed: Tensor) -> Tensor:
+        """The step's terms: ``(T, B, M)`` membership of term ``t`` for row ``b``, from the rows'
+        observed modalities ``(B, M)``; ``T = [joint] + M [unimodal] + k``, in that order."""
+        B, M = observed.shape
+        out = []
         if self.joint:
-            out.append(names)
+            out.append(observed.unsqueeze(0))
         if self.unimodal:
-            out.extend((m,) for m in names)
-        middle = [s for r in range(2, len(names)) for s in itertools.combinations(names, r)]
-        if middle and self.num_random_subsets:
-            picks = torch.randint(len(middle), (self.num_random_subsets,))
-            out.extend(middle[int(i)] for i in picks)
-        if not out:
-            raise ValueError("SubsampledELBO has no terms: enable joint, unimodal or random subsets")
-        return out
+            single = torch.eye(M, dtype=torch.bool, device=observed.device).unsqueeze(1) & observed  # (M, B, M)
+            if self.joint:  # on a row with one modality, its unimodal term is its joint term
+                single = single & (observed.sum(-1) > 1).unsqueeze(-1)
+            out.append(single)
+        if self.num_random_subsets:
+            out.append(random_middle_subsets(observed, self.num_random_subsets))
+        return torch.cat(out, 0)
 
     def differentiable_loss(self, model, guide, batch: MultimodalBatch, *args, **kwargs) -> torch.Tensor:
         if not isinstance(batch, MultimodalBatch):
             raise TypeError(f"SubsampledELBO needs a MultimodalBatch, got {type(batch).__name__}")
+        observed = torch.stack([batch.row_mask(m) for m in batch.names], -1)
+        terms = self.terms(observed)
         if self.vectorize:
-            subsets = [list(s) for s in self.subsets(batch.names)]
-            return self.base.differentiable_loss(model, guide, batch, *args, subsets=subsets, **kwargs)
-        total = 0.0
-        for subset in self.subsets(batch.names):
-            term = batch if len(subset) == len(batch.names) else batch.restrict(subset)
-            total = total + self.base.differentiable_loss(model, guide, term, *args, **kwargs)
+            return self.base.differentiable_loss(model, guide, batch, *args, subsets=terms, **kwargs)
+        total = observed.new_zeros((), dtype=torch.get_default_dtype())
+        for term in terms:
+            if not bool(term.any()):
+                continue  # empty for every row: exactly 0
+            cut = batch.with_row_masks({m: term[:, j] for j, m in enumerate(batch.names)})
+            total = total + self.base.differentiable_loss(model, guide, cut, *args, **kwargs)
         return total
 
     def loss(self, model, guide, *args, **kwargs) -> float:

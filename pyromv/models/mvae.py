@@ -30,7 +30,8 @@ class MVAEConfig(ModelConfig):
         ``"subsampled"`` (the paper's: joint + unimodal + ``num_random_subsets`` ELBOs),
         ``"elbo"`` (the joint ELBO alone) or ``"iwae"`` (joint IWAE with ``num_particles``).
     num_random_subsets : int
-        ``k`` random subsets per step in the sub-sampled objective.
+        ``k`` random subsets per row and step in the sub-sampled objective (of size 2 to
+        ``|O| - 1`` among the modalities ``O`` the row observes).
     analytic_kl : bool
         Closed-form KL in the ELBO terms.
     """
@@ -58,7 +59,9 @@ class MVAE(MultimodalVAE):
     ``ELBO(X) + sum_m ELBO(x_m) + sum_{j<=k} ELBO(X_{S_j})``
     (:class:`~pyromv.infer.SubsampledELBO`); ``objective="elbo"`` uses the joint ELBO alone
     and ``"iwae"`` the joint IWAE. Rows with missing modalities fuse only their observed
-    experts and each ELBO term bounds the likelihood of what the row observes.
+    experts and each ELBO term bounds the likelihood of what the row observes; the sub-sampled
+    objective of a row observing ``O`` is the paper's objective over ``O`` (a row with one
+    modality counts its one ELBO once, not as joint *and* unimodal term).
     """
 
     config_class = MVAEConfig
@@ -68,36 +71,45 @@ class MVAE(MultimodalVAE):
         loc, scale, mask = self.experts(batch)
         return ProductOfExperts(loc, scale, mask, self.prior_loc, self.prior_scale)
 
-    def _subset_matrix(self, subsets: Sequence[Sequence[str]]) -> Tensor:
+    def _term_membership(self, subsets: Tensor | Sequence[Sequence[str]]) -> Tensor:
+        """``(T, B, M)`` or ``(T, 1, M)`` membership of each term from a boolean tensor or from
+        lists of modality names."""
+        if torch.is_tensor(subsets):
+            if subsets.dtype != torch.bool or subsets.dim() != 3 or subsets.shape[-1] != len(self.names):
+                raise ValueError(f"subsets must be a boolean (T, B, {len(self.names)}) tensor, got "
+                                 f"{tuple(subsets.shape)} {subsets.dtype}")
+            return subsets
         for s in subsets:
             for m in s:
                 self.modality(m)
-        return torch.tensor([[m in s for m in self.names] for s in subsets], device=self.prior_loc.device)
+        member = torch.tensor([[m in s for m in self.names] for s in subsets], device=self.prior_loc.device)
+        return member.unsqueeze(1)
 
-    def model(self, batch: MultimodalBatch, subsets: Sequence[Sequence[str]] | None = None) -> None:
-        """``z ~ p(z)``, ``x_m ~ p(x_m | z)``; with ``subsets``, one copy of ``z`` per subset under
+    def model(self, batch: MultimodalBatch, subsets: Tensor | Sequence[Sequence[str]] | None = None) -> None:
+        """``z ~ p(z)``, ``x_m ~ p(x_m | z)``; with ``subsets`` (a ``(T, B, M)`` membership of
+        each term and row, or ``T`` lists of names), one copy of ``z`` per term under
         ``pyro.plate("experts", T)``, each observing only its subset (the sub-sampled
         objective's terms in one vectorised pass, encoders run once)."""
         if subsets is None:
             return super().model(batch)
         self._check_batch(batch)
         self._announce_params()
-        member = self._subset_matrix(subsets)  # (T, M)
-        term_masks = {m: member[:, j].unsqueeze(-1) for j, m in enumerate(self.names)}
-        with pyro.plate("experts", len(subsets), dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):
+        member = self._term_membership(subsets)
+        term_masks = {m: member[..., j] for j, m in enumerate(self.names)}
+        with pyro.plate("experts", member.shape[0], dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):
             z = pyro.sample("z", self.prior())
             self.observe(batch, z, term_masks=term_masks)
 
-    def guide(self, batch: MultimodalBatch, subsets: Sequence[Sequence[str]] | None = None) -> None:
-        """``z ~ q(z | X_obs)``; with ``subsets``, ``z_t ~ q(z | X_{obs ∩ S_t})`` for each subset."""
+    def guide(self, batch: MultimodalBatch, subsets: Tensor | Sequence[Sequence[str]] | None = None) -> None:
+        """``z ~ q(z | X_obs)``; with ``subsets``, ``z_t ~ q(z | X_{obs ∩ S_t})`` for each term."""
         if subsets is None:
             return super().guide(batch)
         self._check_batch(batch)
         self._announce_params()
-        member = self._subset_matrix(subsets)
+        member = self._term_membership(subsets)
         loc, scale, mask = self.experts(batch)  # (B, M, D), (B, M)
-        T = len(subsets)
-        experts = member.unsqueeze(1) & mask.unsqueeze(0)  # (T, B, M)
+        T = member.shape[0]
+        experts = member & mask.unsqueeze(0)  # (T, B, M)
         q = ProductOfExperts(loc.expand((T,) + loc.shape), scale.expand((T,) + scale.shape), experts,
                              self.prior_loc, self.prior_scale)
         with pyro.plate("experts", T, dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):

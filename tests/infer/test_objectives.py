@@ -381,27 +381,59 @@ def test_plain_svi_trains_every_parameter(make_loss):
 # ====================================================================== SubsampledELBO
 
 
-def test_subsets_structure():
+def _row_sets(terms, names):
+    """``terms`` ``(T, B, M)`` as, for each row, the list of its non-empty term sets."""
+    return [[frozenset(n for n, on in zip(names, t[b].tolist()) if on) for t in terms if t[b].any()]
+            for b in range(terms.shape[1])]
+
+
+def _observed(rows, names):
+    return torch.tensor([[m in r for m in names] for r in rows])
+
+
+def test_terms_of_complete_rows_are_the_papers():
+    names = ["a", "b", "c", "d"]
     obj = SubsampledELBO(num_random_subsets=3)
+    terms = obj.terms(_observed([set(names)] * 5, names))
+    assert terms.shape == (1 + 4 + 3, 5, 4)
+    for sets in _row_sets(terms, names):
+        assert sets[0] == frozenset(names)
+        assert sets[1:5] == [frozenset(m) for m in names]
+        assert len(sets) == 8 and all(2 <= len(s) <= 3 for s in sets[5:])
+
+
+def test_terms_of_incomplete_rows_count_each_subset_once():
+    """A row observing ``O`` gets the paper's objective over ``O``: joint over ``O``, one unimodal
+    term per observed modality, random subsets of ``O`` of size 2..|O|-1; one modality -> one term."""
     names = ["a", "b", "c", "d"]
-    subs = obj.subsets(names)
-    assert len(subs) == 1 + 4 + 3
-    assert subs[0] == ("a", "b", "c", "d")
-    assert subs[1:5] == [("a",), ("b",), ("c",), ("d",)]
-    for s in subs[5:]:
-        assert 2 <= len(s) <= 3
-        assert set(s) <= set(names) and len(set(s)) == len(s)
+    rows = [{"a"}, {"b", "c"}, {"a", "c", "d"}, set(), set(names)]
+    obj = SubsampledELBO(num_random_subsets=6)
+    torch.manual_seed(0)
+    for sets, seen in zip(_row_sets(obj.terms(_observed(rows, names)), names), rows):
+        if not seen:
+            assert sets == []
+            continue
+        expected = [frozenset(seen)] + ([frozenset(m) for m in sorted(seen)] if len(seen) > 1 else [])
+        assert sets[:len(expected)] == expected
+        randoms = sets[len(expected):]
+        assert len(randoms) == (6 if len(seen) >= 3 else 0)
+        assert all(r < frozenset(seen) and len(r) >= 2 for r in randoms)
+    # without the joint term the lone unimodal term stays
+    sets = _row_sets(SubsampledELBO(num_random_subsets=0, joint=False).terms(_observed([{"b"}], names)), names)
+    assert sets == [[frozenset("b")]]
 
 
-def test_random_subsets_are_uniform_over_middle_sizes():
+@pytest.mark.parametrize("observed", [("a", "b", "c", "d"), ("a", "b", "d"), ("a", "b", "c", "d", "e")])
+def test_random_subsets_are_uniform_over_middle_sizes(observed):
     k = 3000
+    names = ["a", "b", "c", "d", "e"]
     obj = SubsampledELBO(num_random_subsets=k, joint=False, unimodal=False)
-    names = ["a", "b", "c", "d"]
-    subs = obj.subsets(names)
+    torch.manual_seed(1)
+    subs = _row_sets(obj.terms(_observed([set(observed)], names)), names)[0]
     assert len(subs) == k
-    middle = [frozenset(s) for r in (2, 3) for s in itertools.combinations(names, r)]
-    counts = Counter(frozenset(s) for s in subs)
-    assert set(counts) == set(middle)  # every subset of size 2..M-1 appears, nothing else
+    middle = [frozenset(s) for r in range(2, len(observed)) for s in itertools.combinations(observed, r)]
+    counts = Counter(subs)
+    assert set(counts) == set(middle)  # every subset of size 2..|O|-1 of the row's modalities, nothing else
     expected = k / len(middle)
     sd = math.sqrt(k * (1 / len(middle)) * (1 - 1 / len(middle)))
     for s in middle:
@@ -409,25 +441,31 @@ def test_random_subsets_are_uniform_over_middle_sizes():
 
 
 def test_subsets_with_two_modalities_have_no_random_terms():
-    assert SubsampledELBO(num_random_subsets=4).subsets(["a", "b"]) == [("a", "b"), ("a",), ("b",)]
+    terms = SubsampledELBO(num_random_subsets=4).terms(_observed([{"a", "b"}], ["a", "b"]))
+    assert _row_sets(terms, ["a", "b"]) == [[frozenset("ab"), frozenset("a"), frozenset("b")]]
     with pytest.raises(ValueError, match="no terms"):
-        SubsampledELBO(num_random_subsets=2, joint=False, unimodal=False).subsets(["a", "b"])
+        SubsampledELBO(num_random_subsets=0, joint=False, unimodal=False)
     with pytest.raises(ValueError, match="num_random_subsets"):
         SubsampledELBO(num_random_subsets=-1)
 
 
 def test_subsampled_loss_is_sum_of_base_over_restricted_batches():
+    """Term by term (``vectorize=False``): the loss is the base objective summed over the batch
+    cut, row by row, to each term's subset (the vectorised pass against the same sums is
+    checked on the exact-guide oracle, tests/oracles)."""
     model = _model()
     batch = _batch()
     obj = SubsampledELBO(ELBO(max_plate_nesting=1), num_random_subsets=2)
     torch.manual_seed(12)
     loss = obj.differentiable_loss(model.model, model.guide, batch)
     torch.manual_seed(12)
-    subs = obj.subsets(batch.names)
-    assert len(subs) == 1 + 3 + 2
+    terms = obj.terms(torch.stack([batch.row_mask(m) for m in batch.names], -1))
+    assert terms.shape == (1 + 3 + 2, B, 3)
     base = ELBO(max_plate_nesting=1)
     expected = sum(
-        base.differentiable_loss(model.model, model.guide, _restricted(batch, s)) for s in subs
+        base.differentiable_loss(model.model, model.guide, MultimodalBatch(
+            batch.data, {m: batch.obs_mask[m] & t[:, j] for j, m in enumerate(batch.names)}))
+        for t in terms if t.any()
     )
     assert_close(loss, expected, rtol=1e-5, atol=1e-4)
     # loss() is the same number without a graph

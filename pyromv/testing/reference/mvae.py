@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.distributions as D
 from torch import Tensor
 
@@ -21,22 +20,19 @@ def mvae_elbo_reference(model, batch: MultimodalBatch) -> Tensor:
 
 
 def mvae_reference_loss(model, batch: MultimodalBatch, num_random_subsets: int | None = None) -> Tensor:
-    """MVAE's sub-sampled objective (joint + unimodal + k random subsets of size 2..M-1), all
-    terms in one pass: encoders once, one PoE and one ``z`` per (term, row)."""
-    import itertools
+    """MVAE's sub-sampled objective, all terms in one pass: encoders once, one PoE and one ``z``
+    per (term, row). The terms of each row (joint over what it observes, its unimodal terms
+    unless it observes one modality, ``k`` random subsets of its modalities) are the objective's
+    own draw (:meth:`~pyromv.infer.SubsampledELBO.terms`, tested against enumeration)."""
+    from ...infer import SubsampledELBO
 
-    names = model.names
     k = model.config.num_random_subsets if num_random_subsets is None else num_random_subsets
-    subsets = [tuple(names)] + [(m,) for m in names]
-    middle = [s for r in range(2, len(names)) for s in itertools.combinations(names, r)]
-    if middle and k:
-        subsets += [middle[int(i)] for i in torch.randint(len(middle), (k,))]
-    member = torch.tensor([[m in s for m in names] for s in subsets])  # (T, M)
     loc, scale, mask = experts(model, batch)
-    chosen = (member.unsqueeze(1) & mask.unsqueeze(0)).to(loc.dtype)  # (T, B, M)
-    mu, sigma = poe(loc.unsqueeze(0), scale.unsqueeze(0), chosen, model.prior_loc, model.prior_scale, True)
+    member = SubsampledELBO(num_random_subsets=k).terms(mask)  # (T, B, M)
+    mu, sigma = poe(loc.unsqueeze(0), scale.unsqueeze(0), (member & mask).to(loc.dtype), model.prior_loc,
+                    model.prior_scale, True)
     z = D.Normal(mu, sigma).rsample()  # (T, B, D)
-    term_masks = {m: member[:, j].unsqueeze(-1) for j, m in enumerate(names)}
+    term_masks = {m: member[..., j] for j, m in enumerate(model.names)}
     recon = log_likelihood(model, batch, z, term_masks)
     kl = gaussian_kl(mu, sigma, model.prior_loc, model.prior_scale)
     return -(recon - model.config.beta * kl).sum()
