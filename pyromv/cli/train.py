@@ -47,6 +47,7 @@ def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str
     test = source.load("test")
     if cfg.missing_rate > 0:
         train = mcar(train, cfg.missing_rate, seed=cfg.missing_seed)
+    torch.manual_seed(trainer_config.seed)  # the networks' initial weights follow trainer.seed too
     model = get_model_class(model_name)(source.modalities(), model_config)
     trainer = Trainer(model, config=trainer_config, checkpoint_dir=out / "checkpoint")
     history = trainer.fit(train)

@@ -4,10 +4,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize
 
 from pyromv.cli.train import run
-from pyromv.models import load_model
+from pyromv.models import load_model, registered_models
 
 
 def _config(*overrides):
@@ -15,7 +16,7 @@ def _config(*overrides):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("model", ["mmvae", "mopoe", "jmvae"])
+@pytest.mark.parametrize("model", registered_models())
 def test_every_model_trains_from_the_command_line(tmp_path, model):
     cfg = _config(f"model={model}", "trainer.epochs=1", "trainer.progress=false", "model.latent_dim=4",
                   "data.hidden_dim=16", "evaluate=false")
@@ -47,6 +48,19 @@ def test_run_writes_checkpoint_metrics_and_pictures(tmp_path):
     assert (tmp_path / "checkpoint" / "last" / "training_state.pt").is_file()
     model = load_model(tmp_path / "model")
     assert model.config.latent_dim == 4
+
+
+def test_trainer_seed_sets_the_initial_weights_too(tmp_path):
+    """``trainer.seed`` seeds the networks' initialisation as well as the batches: one seed, one
+    model; another seed, other weights."""
+    states = []
+    for i, seed in enumerate((1, 1, 2)):
+        cfg = _config("trainer.epochs=1", "trainer.progress=false", "model.latent_dim=4", "data.hidden_dim=16",
+                      "evaluate=false", f"trainer.seed={seed}")
+        run(cfg, "mvae", "polydigits", tmp_path / str(i))
+        states.append(load_model(tmp_path / str(i) / "model").state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
 
 
 def test_rerun_in_the_same_directory_resumes(tmp_path):
