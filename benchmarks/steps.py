@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from pyromv import models
 from pyromv.data import Modality, MultimodalDataset, PolyDigits, mcar
-from pyromv.models import JMVAE, MMVAE, MVAE, JMVAEConfig, MMVAEConfig, MoPoE, MoPoEConfig, MVAEConfig
-from pyromv.testing.reference import mmvae_reference_loss, mopoe_reference_loss, mvae_reference_loss
+from pyromv.testing import reference
 
+#: model name -> (class, config class, hand-written torch loss or None)
 MODELS = {
-    "mvae": (MVAE, MVAEConfig, mvae_reference_loss),
-    "mmvae": (MMVAE, MMVAEConfig, mmvae_reference_loss),
-    "mopoe": (MoPoE, MoPoEConfig, mopoe_reference_loss),
-    "jmvae": (JMVAE, JMVAEConfig, None),
+    name: (getattr(models, cls), getattr(models, cls + "Config"), getattr(reference, f"{name}_reference_loss", None))
+    for name, cls in [("mvae", "MVAE"), ("mmvae", "MMVAE"), ("mopoe", "MoPoE"), ("jmvae", "JMVAE"),
+                      ("mvtcae", "MVTCAE"), ("crmvae", "CRMVAE"), ("dmvae", "DMVAE"), ("mmjsd", "MMJSD"),
+                      ("gpoe", "GPoE"), ("mcvae", "MCVAE"), ("dvcca", "DVCCA")]
 }
 
 

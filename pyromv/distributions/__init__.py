@@ -1,6 +1,7 @@
 """Likelihood heads and fusion distributions (product and mixture of experts)."""
 
 from .detach import detach_distribution
+from .dropout import ImproperLogUniform, VariationalDropoutNormal, log_uniform_kl
 from .fusion import (
     AssignedMixture,
     MixtureOfExperts,
@@ -22,6 +23,7 @@ from .tabular import MixedColumns, TabularHead
 __all__ = [
     "AssignedMixture",
     "GatheredLikelihood",
+    "ImproperLogUniform",
     "LikelihoodHead",
     "MixedColumns",
     "MixtureOfExperts",
@@ -30,9 +32,11 @@ __all__ = [
     "SharedScaleNormal",
     "StratifiedMixture",
     "TabularHead",
+    "VariationalDropoutNormal",
     "assign_components",
     "build_likelihood",
     "detach_distribution",
+    "log_uniform_kl",
     "register_likelihood",
     "registered_likelihoods",
     "select_component",

@@ -39,6 +39,13 @@ class ProductOfExperts(dist.Independent):
         The prior expert ``N(prior_loc, prior_scale^2)``, broadcast to ``(*batch_shape, D)``.
     include_prior : bool
         Include the prior expert (MVAE does). Without it every row needs an expert.
+    weights : Tensor, optional
+        Non-negative expert weights ``a_{m,d}`` broadcastable to ``(*batch_shape, M, D)``: each
+        expert's precision is multiplied by its weight, ``Lambda = Lambda_0 + sum_m mask_m a_m
+        sigma_m^{-2}`` (the generalised product of experts of Cao & Fleet 2014; weights summing to
+        one over the experts give a weighted geometric mean). Default: all 1 (the plain product).
+    prior_weight : float or Tensor, optional
+        Weight of the prior expert's precision, broadcastable to ``(*batch_shape, D)`` (default 1).
     """
 
     arg_constraints = {}
@@ -52,20 +59,32 @@ class ProductOfExperts(dist.Independent):
         prior_scale: float | Tensor = 1.0,
         include_prior: bool = True,
         validate_args: bool | None = None,
+        weights: Tensor | None = None,
+        prior_weight: float | Tensor | None = None,
     ) -> None:
         _check_experts(loc, scale)
         mask = _check_mask(loc.shape[:-1], mask, loc.device)
         precision = mask.unsqueeze(-1).to(loc.dtype) / scale.pow(2)
         if not include_prior and not bool(mask.any(-1).all()):
             raise ValueError("ProductOfExperts without a prior expert needs an expert in every row")
-        self._fuse(precision.sum(-2), (precision * loc).sum(-2), prior_loc, prior_scale, include_prior,
-                   validate_args)
+        if weights is not None:
+            precision = precision * _check_weights(weights, loc.shape, "weights")
+        total = precision.sum(-2)
+        if weights is not None and not include_prior and not bool((total > 0).all()):
+            raise ValueError("ProductOfExperts without a prior expert: the weights leave a row with zero "
+                             "total precision in some latent dimension")
+        self._fuse(total, (precision * loc).sum(-2), prior_loc, prior_scale, include_prior,
+                   validate_args, prior_weight)
 
     def _fuse(self, total: Tensor, weighted: Tensor, prior_loc, prior_scale, include_prior: bool,
-              validate_args: bool | None) -> None:
+              validate_args: bool | None, prior_weight: float | Tensor | None = None) -> None:
         """Set the product from the experts' summed precisions and precision-weighted means."""
         if include_prior:
             prior_precision = torch.as_tensor(prior_scale, dtype=total.dtype, device=total.device).pow(-2)
+            if prior_weight is not None:
+                prior_precision = prior_precision * _check_weights(
+                    torch.as_tensor(prior_weight, dtype=total.dtype, device=total.device), total.shape,
+                    "prior_weight")
             prior_loc = torch.as_tensor(prior_loc, dtype=total.dtype, device=total.device)
             total = total + prior_precision
             weighted = weighted + prior_precision * prior_loc
@@ -226,6 +245,18 @@ def _check_experts(loc: Tensor, scale: Tensor) -> None:
             f"expert loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must share one "
             "shape (*batch_shape, M, D)"
         )
+
+
+def _check_weights(weights: Tensor, shape: torch.Size, what: str) -> Tensor:
+    """``weights`` broadcast to ``shape``; ValueError where they do not fit or are negative."""
+    try:
+        weights = torch.broadcast_to(weights, shape)
+    except RuntimeError:
+        raise ValueError(f"ProductOfExperts {what} of shape {tuple(weights.shape)} do not broadcast to "
+                         f"{tuple(shape)}") from None
+    if not bool((weights >= 0).all()):
+        raise ValueError(f"ProductOfExperts {what} must be non-negative (and not NaN)")
+    return weights
 
 
 def _check_mask(shape: torch.Size, mask: Tensor | None, device: torch.device) -> Tensor:

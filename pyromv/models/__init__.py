@@ -2,20 +2,41 @@
 
 from .base import MultimodalVAE
 from .config import ModelConfig
+from .crmvae import CRMVAE, CRMVAEConfig
+from .dmvae import DMVAE, DMVAEConfig
+from .dvcca import DVCCA, DVCCAConfig
+from .gpoe import GPoE, GPoEConfig
 from .io import build_model, load_model, save_model
 from .jmvae import JMVAE, JMVAEConfig
+from .mcvae import MCVAE, MCVAEConfig
+from .mmjsd import MMJSD, MMJSDConfig
 from .mmvae import MMVAE, MMVAEConfig
 from .mopoe import MoPoE, MoPoEConfig
 from .mvae import MVAE, MVAEConfig
+from .mvtcae import MVTCAE, MVTCAEConfig
 from .registry import get_model_class, register_model, registered_models
 
 __all__ = [
+    "CRMVAE",
+    "CRMVAEConfig",
+    "DMVAE",
+    "DMVAEConfig",
+    "DVCCA",
+    "DVCCAConfig",
+    "GPoE",
+    "GPoEConfig",
     "JMVAE",
     "JMVAEConfig",
+    "MCVAE",
+    "MCVAEConfig",
+    "MMJSD",
+    "MMJSDConfig",
     "MMVAE",
     "MMVAEConfig",
     "MVAE",
     "MVAEConfig",
+    "MVTCAE",
+    "MVTCAEConfig",
     "ModelConfig",
     "MoPoE",
     "MoPoEConfig",

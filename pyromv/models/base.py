@@ -229,9 +229,26 @@ class MultimodalVAE(PyroModule):
         loc, scale = self.private_encoders[name](x)
         return dist.Normal(loc, scale).to_event(1)
 
-    def sample_private(self, batch: MultimodalBatch, guide: bool) -> dict[str, Tensor]:
+    def sample_private(self, batch: MultimodalBatch, guide: bool, proposal: bool = False) -> dict[str, Tensor]:
         """Sites ``w_{m}`` (prior in the model, ``q(w_m | x_m)`` in the guide), masked where the
-        row misses ``m``; call inside the batch plate."""
+        row misses ``m``; call inside the batch plate.
+
+        ``proposal``: the sites are not masked, and the guide draws ``w_m`` of the rows missing
+        ``m`` from the prior ``p(w_m)``, so such draws weigh ``p(w_m) / p(w_m) = 1``: importance
+        sampling where the scored batch observes more than the proposal's (a conditional
+        likelihood's targets), whose private latents must not come from ``q(w_m | x_m)`` — the
+        proposal would see the data it scores (DESIGN.md, "Growing the zoo").
+        """
+        if proposal:
+            out = {}
+            for m in self.names:
+                fn = self.private_prior()
+                if guide:
+                    q, rows = self.private_posterior(batch, m).base_dist, batch.row_mask(m).unsqueeze(-1)
+                    fn = dist.Normal(torch.where(rows, q.loc, fn.base_dist.loc),
+                                     torch.where(rows, q.scale, fn.base_dist.scale)).to_event(1)
+                out[m] = pyro.sample(f"w_{m}", fn)
+            return out
         out = {}
         for m in self.names:
             with poutine.mask(mask=batch.row_mask(m)):
@@ -290,13 +307,28 @@ class MultimodalVAE(PyroModule):
 
     def iw_model(self, batch: MultimodalBatch) -> None:
         """The model with one ``z`` per row (no strata plate): with :meth:`iw_guide`, the pair
-        whose importance weights estimate ``log p(X_obs)``."""
-        MultimodalVAE.model(self, batch)
+        whose importance weights estimate ``log p(X_obs)``. Private latents ``w_m`` are sampled
+        in every row (unmasked), as :meth:`iw_guide` proposes them."""
+        if not self.private_dim:
+            return MultimodalVAE.model(self, batch)
+        self._check_batch(batch)
+        self._announce_params()
+        with pyro.plate("batch", batch.batch_size):
+            z = pyro.sample("z", self.prior())
+            self.observe(batch, z, self.sample_private(batch, guide=False, proposal=True))
 
     def iw_guide(self, batch: MultimodalBatch) -> None:
         """The proposal ``z ~ q(z | X_obs)`` itself (:meth:`posterior`: for mixture models the
-        mixture, sampled and scored as one distribution) without training-only terms."""
-        MultimodalVAE.guide(self, batch)
+        mixture, sampled and scored as one distribution) without training-only terms. Private
+        latents come from ``q(w_m | x_m)`` where the proposal's batch observes ``m`` and from the
+        prior elsewhere (never from the data of a modality the proposal does not observe)."""
+        if not self.private_dim:
+            return MultimodalVAE.guide(self, batch)
+        self._check_batch(batch)
+        self._announce_params()
+        with pyro.plate("batch", batch.batch_size):
+            pyro.sample("z", self.posterior(batch))
+            self.sample_private(batch, guide=True, proposal=True)
 
     def evaluation_model(self):
         """The model whose ELBO :meth:`evaluation_loss` computes with :meth:`evaluation_guide`."""

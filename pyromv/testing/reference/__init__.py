@@ -1,4 +1,4 @@
-"""Hand-written torch losses of the models' objectives, one module per model.
+"""Hand-written torch losses of the models' objectives, one module per model (``<model>_reference_loss``).
 
 Each function computes, with plain torch on a model's own networks, the loss that the
 model's Pyro objective computes: same estimator, same order of random draws, so under the same
@@ -8,14 +8,28 @@ them (Pyro's tracing is the only difference). Like the models, they decode only 
 whose likelihood an estimator scores.
 """
 
+from .crmvae import crmvae_reference_loss
+from .dmvae import dmvae_reference_loss
+from .dvcca import dvcca_reference_loss
+from .gpoe import gpoe_reference_loss
+from .mcvae import mcvae_reference_loss
+from .mmjsd import mmjsd_reference_loss
 from .mmvae import mmvae_reference_loss
 from .mopoe import mopoe_reference_loss, mopoe_stratified_reference_loss
 from .mvae import mvae_elbo_reference, mvae_reference_loss
+from .mvtcae import mvtcae_reference_loss
 
 __all__ = [
+    "crmvae_reference_loss",
+    "dmvae_reference_loss",
+    "dvcca_reference_loss",
+    "gpoe_reference_loss",
+    "mcvae_reference_loss",
+    "mmjsd_reference_loss",
     "mmvae_reference_loss",
     "mopoe_reference_loss",
     "mopoe_stratified_reference_loss",
     "mvae_elbo_reference",
     "mvae_reference_loss",
+    "mvtcae_reference_loss",
 ]

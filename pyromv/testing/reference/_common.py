@@ -19,9 +19,11 @@ def experts(model, batch: MultimodalBatch) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def log_likelihood(model, batch: MultimodalBatch, z: Tensor, term_masks: dict[str, Tensor] | None = None,
-                    scored: Tensor | None = None) -> Tensor:
-    """``sum_m w_m mask_m log p(x_m | z)``, shape ``z.shape[:-1]``; only the latents that a
-    modality's mask (and ``scored``, broadcastable to ``z.shape[:-1]``) keeps are decoded."""
+                    scored: Tensor | None = None, private: dict[str, Tensor] | None = None) -> Tensor:
+    """``sum_m w_m mask_m log p(x_m | z[, w_m])``, shape ``z.shape[:-1]``; only the latents that a
+    modality's mask (and ``scored``, broadcastable to ``z.shape[:-1]``) keeps are decoded.
+    ``private[m]`` (broadcastable to ``z.shape[:-1] + (D_w,)``) is concatenated to ``z`` as the
+    decoder input of modality ``m``."""
     shape = z.shape[:-1]
     total = torch.zeros(shape, dtype=z.dtype, device=z.device)
     for mod in model.modalities:
@@ -33,7 +35,11 @@ def log_likelihood(model, batch: MultimodalBatch, z: Tensor, term_masks: dict[st
         rows = rows.expand(shape)
         if not bool(rows.any()):
             continue
-        fn = model.likelihoods[mod.name](model.decoders[mod.name](z[rows]))
+        h = z
+        if private is not None:
+            w = private[mod.name]
+            h = torch.cat([z, w.expand(shape + w.shape[-1:])], -1)
+        fn = model.likelihoods[mod.name](model.decoders[mod.name](h[rows]))
         lp = fn.log_prob(batch.data[mod.name].expand(shape + mod.shape)[rows])
         features = batch.feature_mask(mod.name)
         if features is not None:

@@ -1,0 +1,69 @@
+"""mmJSD's training loss in plain torch: stratified reconstruction under the mixture of the
+observed unimodal experts, the closed-form Jensen-Shannon term with the dynamic prior, and the
+private latents' closed-form KL."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributions as D
+from torch import Tensor
+
+from ...data.batch import MultimodalBatch
+from ._common import experts, gaussian_kl
+
+
+def mmjsd_js(loc: Tensor, scale: Tensor, mask: Tensor, prior_loc: Tensor, prior_scale: Tensor) -> Tensor:
+    """``sum_{j in {p} ∪ O} pi_j KL(q_j || f)`` per row, ``pi_j = 1 / (|O| + 1)``, ``f`` the
+    geometric mean of the prior and the observed experts (``loc``/``scale`` ``(B, M, D)``)."""
+    pi = 1.0 / (mask.sum(-1, keepdim=True) + 1.0)  # (B, 1)
+    w = (mask * pi).unsqueeze(-1)  # (B, M, 1)
+    precision = pi / prior_scale**2 + (w / scale**2).sum(-2)  # (B, D)
+    f_loc = (pi * prior_loc / prior_scale**2 + (w * loc / scale**2).sum(-2)) / precision
+    f_scale = precision.rsqrt()
+    kl_prior = gaussian_kl(prior_loc.expand_as(f_loc), prior_scale.expand_as(f_scale), f_loc, f_scale)
+    kl_experts = gaussian_kl(loc, scale, f_loc.unsqueeze(-2), f_scale.unsqueeze(-2))  # (B, M)
+    return pi.squeeze(-1) * (kl_prior + (mask * kl_experts).sum(-1))
+
+
+def _log_likelihood(model, batch: MultimodalBatch, z: Tensor, private: dict[str, Tensor] | None,
+                    scored: Tensor) -> Tensor:
+    """``sum_m w_m mask_m log p(x_m | z, w_m)`` for ``z`` ``(K, M, B, D)``, shape ``(K, M, B)``."""
+    shape = z.shape[:-1]
+    total = z.new_zeros(shape)
+    for mod in model.modalities:
+        rows = (batch.row_mask(mod.name) & scored).expand(shape)
+        if not bool(rows.any()):
+            continue
+        h = z if private is None else torch.cat([z, private[mod.name]], -1)
+        fn = model.likelihoods[mod.name](model.decoders[mod.name](h[rows]))
+        lp = fn.log_prob(batch.data[mod.name].expand(shape + mod.shape)[rows])
+        features = batch.feature_mask(mod.name)
+        if features is not None:
+            lp = lp * features.expand(shape + mod.shape)[rows]
+        lp = lp.flatten(1).sum(-1) if mod.shape else lp
+        total = total + model.likelihood_weights[mod.name] * lp.new_zeros(shape).masked_scatter(rows, lp)
+    return total
+
+
+def mmjsd_reference_loss(model, batch: MultimodalBatch) -> Tensor:
+    """``-L`` summed over rows, drawing ``K`` latents per expert (then ``K`` private latents per
+    expert and modality), in the Pyro guide's order."""
+    c = model.config
+    K = c.num_particles
+    loc, scale, mask = experts(model, batch)  # (B, M, D), (B, M)
+    strata = mask.transpose(0, 1)  # (M, B)
+    M = strata.shape[0]
+    z = D.Normal(loc.transpose(0, 1), scale.transpose(0, 1)).rsample((K,))  # (K, M, B, D)
+    private, kl_private = None, torch.zeros_like(strata, dtype=z.dtype)
+    if model.private_dim:
+        private = {}
+        for m in model.names:
+            w_loc, w_scale = model.private_encoders[m](model.likelihoods[m].encoder_input(batch.data[m]))
+            private[m] = D.Normal(w_loc, w_scale).rsample((K, M))  # (K, M, B, Dw)
+            kl = gaussian_kl(w_loc, w_scale, torch.zeros_like(w_loc), torch.ones_like(w_scale))  # (B,)
+            kl_private = kl_private + torch.where(strata & batch.row_mask(m), kl, torch.zeros_like(kl))
+    lw = _log_likelihood(model, batch, z, private, strata) - c.beta * kl_private  # (K, M, B)
+    weights = strata / strata.sum(0, keepdim=True).clamp(min=1)
+    js = mmjsd_js(loc, scale, mask.to(loc.dtype), model.prior_loc, model.prior_scale)
+    bound = (weights * lw.mean(0)).sum() - c.alpha * (weights.sum(0) * js).sum()
+    return -bound
