@@ -478,8 +478,10 @@ def markdown(
         f"Each run is `pyromv-train` (`pyromv.cli.train.run`) in its own process with one torch thread, "
         f"{n_jobs} at a time.",
         "",
-        "Columns: *test ELBO* is the ELBO on the whole test set in nats per row (the model's training "
-        "objective, so not comparable across objectives); *log-likelihood* is the importance-weighted "
+        "Columns: *test ELBO* is each model's reported ELBO on the whole test set in nats per row "
+        "(`model.evaluation_loss()`: beta = 1, no training-only terms, a bound on log p(X_O) for the "
+        "model's own guide; mixtures report the stratified ELBO, which is looser than their likelihood); "
+        "*log-likelihood* is the importance-weighted "
         "estimate of log p(X) on test rows (nats per row) ± its standard error over rows, with the share "
         "of rows whose PSIS k-hat exceeds 0.7 (whose estimates are unreliable: the true value is likely "
         "higher); *coherence given k* is the accuracy of pretrained per-modality classifiers on the "
@@ -515,8 +517,20 @@ def markdown(
     return "\n".join(out) + "\n"
 
 
+def _save_small(source: Path, target: Path, width: int = 400) -> None:
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(source) as image:
+        small = image.convert("L")
+        if small.width > width:
+            small = small.resize((width, round(small.height * width / small.width)), Image.LANCZOS)
+        small.save(target, optimize=True)
+
+
 def copy_pictures(records: Sequence[Record], results_dir: Path, relative_to: Path) -> dict[tuple[str, str], str]:
-    """Copy each row's ``cross_generation.png`` (first successful seed) to ``results_dir/<data>/<row>.png``."""
+    """Copy each row's ``cross_generation.png`` (first successful seed) to ``results_dir/<data>/<row>.png``,
+    in grey levels and at most 400 pixels wide (the pictures are grey-scale; this keeps the
+    repository's copies at about a fifth of the run's file)."""
     pictures: dict[tuple[str, str], str] = {}
     for r in records:
         key = (r.job.data, r.job.label)
@@ -525,7 +539,7 @@ def copy_pictures(records: Sequence[Record], results_dir: Path, relative_to: Pat
             continue
         target = results_dir / r.job.data / f"{r.job.label}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        _save_small(source, target)
         pictures[key] = os.path.relpath(target, relative_to)
     return pictures
 

@@ -9,7 +9,7 @@ import torch.distributions as D
 from torch import Tensor
 
 from ...data.batch import MultimodalBatch
-from ._common import experts, gaussian_kl
+from ._common import experts, gaussian_kl, log_likelihood
 
 
 def mmjsd_js(loc: Tensor, scale: Tensor, mask: Tensor, prior_loc: Tensor, prior_scale: Tensor) -> Tensor:
@@ -23,26 +23,6 @@ def mmjsd_js(loc: Tensor, scale: Tensor, mask: Tensor, prior_loc: Tensor, prior_
     kl_prior = gaussian_kl(prior_loc.expand_as(f_loc), prior_scale.expand_as(f_scale), f_loc, f_scale)
     kl_experts = gaussian_kl(loc, scale, f_loc.unsqueeze(-2), f_scale.unsqueeze(-2))  # (B, M)
     return pi.squeeze(-1) * (kl_prior + (mask * kl_experts).sum(-1))
-
-
-def _log_likelihood(model, batch: MultimodalBatch, z: Tensor, private: dict[str, Tensor] | None,
-                    scored: Tensor) -> Tensor:
-    """``sum_m w_m mask_m log p(x_m | z, w_m)`` for ``z`` ``(K, M, B, D)``, shape ``(K, M, B)``."""
-    shape = z.shape[:-1]
-    total = z.new_zeros(shape)
-    for mod in model.modalities:
-        rows = (batch.row_mask(mod.name) & scored).expand(shape)
-        if not bool(rows.any()):
-            continue
-        h = z if private is None else torch.cat([z, private[mod.name]], -1)
-        fn = model.likelihoods[mod.name](model.decoders[mod.name](h[rows]))
-        lp = fn.log_prob(batch.data[mod.name].expand(shape + mod.shape)[rows])
-        features = batch.feature_mask(mod.name)
-        if features is not None:
-            lp = lp * features.expand(shape + mod.shape)[rows]
-        lp = lp.flatten(1).sum(-1) if mod.shape else lp
-        total = total + model.likelihood_weights[mod.name] * lp.new_zeros(shape).masked_scatter(rows, lp)
-    return total
 
 
 def mmjsd_reference_loss(model, batch: MultimodalBatch) -> Tensor:
@@ -62,7 +42,7 @@ def mmjsd_reference_loss(model, batch: MultimodalBatch) -> Tensor:
             private[m] = D.Normal(w_loc, w_scale).rsample((K, M))  # (K, M, B, Dw)
             kl = gaussian_kl(w_loc, w_scale, torch.zeros_like(w_loc), torch.ones_like(w_scale))  # (B,)
             kl_private = kl_private + torch.where(strata & batch.row_mask(m), kl, torch.zeros_like(kl))
-    lw = _log_likelihood(model, batch, z, private, strata) - c.beta * kl_private  # (K, M, B)
+    lw = log_likelihood(model, batch, z, scored=strata, private=private) - c.beta * kl_private  # (K, M, B)
     weights = strata / strata.sum(0, keepdim=True).clamp(min=1)
     js = mmjsd_js(loc, scale, mask.to(loc.dtype), model.prior_loc, model.prior_scale)
     bound = (weights * lw.mean(0)).sum() - c.alpha * (weights.sum(0) * js).sum()
