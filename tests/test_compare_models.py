@@ -81,7 +81,9 @@ def test_table_one_seed_several_seeds_and_errors():
 def test_write_outputs_links_the_pictures_and_saves_the_numbers(tmp_path: Path):
     run_dir = tmp_path / "runs" / "mvae"
     run_dir.mkdir(parents=True)
-    (run_dir / "cross_generation.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    from PIL import Image
+
+    Image.new("RGBA", (800, 60), (200, 10, 10, 255)).save(run_dir / "cross_generation.png")
     records = [
         _record("polydigits", "mvae", 0, _metrics(-120.0, -110.0, (0.5, 0.75), 0.25), str(run_dir)),
         _record("polydigits", "mmvae", 0, None),
@@ -96,7 +98,8 @@ def test_write_outputs_links_the_pictures_and_saves_the_numbers(tmp_path: Path):
     assert "at most 100 epochs, patience 15" in text
     assert "- mvae: [results/polydigits/mvae.png](results/polydigits/mvae.png)" in text
     assert "- mmvae: no picture" in text
-    assert (tmp_path / "docs" / "results" / "polydigits" / "mvae.png").read_bytes().startswith(b"\x89PNG")
+    with Image.open(tmp_path / "docs" / "results" / "polydigits" / "mvae.png") as copy:
+        assert copy.mode == "L" and copy.size == (400, 30)  # grey levels, at most 400 pixels wide
     raw = json.loads((tmp_path / "docs" / "results" / "results.json").read_text())
     assert [r["status"] for r in raw["runs"]] == ["ok", "error"]
     assert raw["runs"][0]["summary"]["test_elbo"] == -120.0
