@@ -18,7 +18,7 @@ from pyromv.metrics import (
     plot_latent_embedding,
     plot_reconstructions,
 )
-from pyromv.models import MVAE, MVAEConfig
+from pyromv.models import MVAE, MVAEConfig, get_model_class, registered_models
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -109,3 +109,23 @@ def test_eval_config_is_validated():
         EvalConfig(num_particles=0).validate()
     with pytest.raises(ValueError, match="embedding"):
         EvalConfig(embedding="umap").validate()
+
+
+@pytest.mark.parametrize("name", registered_models())
+def test_every_model_is_evaluated(tmp_path, polydigits, name):
+    """``evaluate`` (what ``pyromv-train`` and ``pyromv-eval`` run) on every registered model with
+    its default options: every metric is computed, finite where it is a number, pictures written."""
+    source, train, test = polydigits
+    cls = get_model_class(name)
+    torch.manual_seed(0)
+    model = cls(source.modalities(), cls.config_class(latent_dim=4))
+    cfg = EvalConfig(num_particles=8, max_rows=8, particle_chunk=8, joint_samples=20, progress=False,
+                     classifier=ClassifierConfig(epochs=1, hidden_dim=16), plot_rows=2)
+    metrics = evaluate(model, test.subset(torch.arange(24)), train.subset(torch.arange(120)), cfg,
+                       out_dir=tmp_path)
+    assert math.isfinite(metrics["log_likelihood"]["mean"])
+    assert all(math.isfinite(c["mean"]) for c in metrics["conditional_log_likelihood"].values())
+    assert set(metrics["coherence"]["by_size"]) == {"1", "2"}
+    assert 0 <= metrics["joint_coherence"] <= 1
+    assert all(math.isfinite(v) for scores in metrics["fid"].values() for v in scores.values())
+    assert (tmp_path / "cross_generation.png").read_bytes()[:8] == PNG
