@@ -13,6 +13,7 @@ import torch
 from pyromv.data import Modality, MultimodalBatch, MultimodalDataset, make_batch, mcar
 from pyromv.infer import ELBO
 from pyromv.models import MVTCAE, ModelConfig, MVTCAEConfig
+from pyromv.testing import assert_matches_reference, assert_same_loss_and_grads
 from pyromv.testing.reference.mvtcae import mvtcae_reference_loss
 from tests.oracles.linear_gaussian import (
     LinearGaussian,
@@ -40,24 +41,6 @@ def batch_of(missing: float, n: int = 24) -> MultimodalBatch:
     return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
 
 
-def assert_same_loss_and_grads(model, first, second, seed: int = 11) -> None:
-    """``first()`` and ``second()`` (losses on ``model``) agree in value and every gradient."""
-    params = list(model.parameters())
-    torch.manual_seed(seed)
-    a = first()
-    ga = torch.autograd.grad(a, params, allow_unused=True)
-    torch.manual_seed(seed)
-    b = second()
-    gb = torch.autograd.grad(b, params, allow_unused=True)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-    for x, y in zip(ga, gb):
-        if y is None:
-            assert x is None or not x.abs().any()
-        else:
-            assert x is not None
-            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("missing", [0.0, 0.4])
 @pytest.mark.parametrize("cfg", [{}, {"alpha": 0.3, "beta": 1.0}, {"alpha": 1.0}, {"alpha": 0.0, "beta": 0.5}])
 def test_loss_and_gradients_equal_the_torch_reference(cfg, missing):
@@ -65,8 +48,7 @@ def test_loss_and_gradients_equal_the_torch_reference(cfg, missing):
     batch = batch_of(missing)
     if missing:
         assert (batch.observed_counts() < 3).any() and (batch.observed_counts() == 3).any()
-    assert_same_loss_and_grads(model, lambda: model.default_loss().differentiable_loss(model.model, model.guide, batch),
-                               lambda: mvtcae_reference_loss(model, batch))
+    assert_matches_reference(model, mvtcae_reference_loss, batch)
 
 
 @pytest.mark.parametrize("missing", [0.0, 0.4])

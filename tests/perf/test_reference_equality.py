@@ -10,6 +10,7 @@ import torch
 
 from pyromv.data import Modality, MultimodalDataset, mcar
 from pyromv.models import MMVAE, MVAE, MMVAEConfig, MoPoE, MoPoEConfig, MVAEConfig
+from pyromv.testing import assert_matches_reference
 from pyromv.testing.reference import (
     mmvae_reference_loss,
     mopoe_reference_loss,
@@ -59,16 +60,16 @@ CASES = [
 def test_loss_and_gradients_equal_the_torch_reference(make, reference, missing):
     model = make()
     batch = _batch(missing)
-    params = list(model.parameters())
-    torch.manual_seed(11)
-    loss = model.default_loss().differentiable_loss(model.model, model.guide, batch)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    torch.manual_seed(11)
-    expected = reference(model, batch)
-    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
-    for g, e in zip(grads, expected_grads):
-        if e is None:
-            assert g is None or not g.abs().any()
-        else:
-            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    assert_matches_reference(model, reference, batch)
+
+
+def test_the_equality_check_fails_on_a_wrong_reference():
+    """Positive controls: a reference off by 1% in value, or computing another model's loss, is caught."""
+    model = MVAE(MODALITIES, MVAEConfig(latent_dim=4, objective="elbo"))
+    batch = _batch(0.0)
+    assert_matches_reference(model, mvae_elbo_reference, batch, unreached=())
+    with pytest.raises(AssertionError):
+        assert_matches_reference(model, lambda m, b: 1.01 * mvae_elbo_reference(m, b), batch)
+    other = MVAE(MODALITIES, MVAEConfig(latent_dim=4, objective="elbo"))
+    with pytest.raises(AssertionError):  # the reference scores another model: no gradient reaches `other`
+        assert_matches_reference(other, lambda m, b: mvae_elbo_reference(model, b), batch)
