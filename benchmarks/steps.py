@@ -13,7 +13,8 @@ MODELS = {
     name: (getattr(models, cls), getattr(models, cls + "Config"), getattr(reference, f"{name}_reference_loss", None))
     for name, cls in [("mvae", "MVAE"), ("mmvae", "MMVAE"), ("mopoe", "MoPoE"), ("jmvae", "JMVAE"),
                       ("mvtcae", "MVTCAE"), ("crmvae", "CRMVAE"), ("dmvae", "DMVAE"), ("mmjsd", "MMJSD"),
-                      ("gpoe", "GPoE"), ("mcvae", "MCVAE"), ("dvcca", "DVCCA")]
+                      ("gpoe", "GPoE"), ("mcvae", "MCVAE"), ("dvcca", "DVCCA"),
+                      ("mmvae_plus", "MMVAEPlus"), ("cmvae", "CMVAE")]
 }
 
 

@@ -1,7 +1,7 @@
 """Objectives (``pyro.infer.ELBO`` subclasses), importance weights and KL schedules."""
 
 from .annealing import KLWarmup
-from .bounds import IWAE, StratifiedELBO, StratifiedIWAE
+from .bounds import IWAE, SIWAE, StratifiedELBO, StratifiedIWAE
 from .elbo import ELBO
 from .importance import importance_log_weights, iwae_bound
 from .scaling import LatentScaleMessenger, scale_latents
@@ -12,6 +12,7 @@ __all__ = [
     "IWAE",
     "KLWarmup",
     "LatentScaleMessenger",
+    "SIWAE",
     "StratifiedELBO",
     "StratifiedIWAE",
     "SubsampledELBO",

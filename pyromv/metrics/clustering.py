@@ -84,3 +84,45 @@ def cluster_latents(
     if notes:
         out["note"] = "; ".join(notes)
     return out
+
+
+def model_clusters(
+    model: MultimodalVAE,
+    data: MultimodalDataset | MultimodalBatch,
+    prune_on: MultimodalDataset | MultimodalBatch | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """NMI and ARI of a clustering model's own assignments (``model.predict_clusters``, which
+    reads each row's observed modalities only) against the labels.
+
+    ``prune_on``: first select the number of clusters on these data (``model.prune_clusters``)
+    on a copy of the model, which is left as it is; the selection is reported, and the scores
+    with every cluster under ``"all_clusters"``.
+    """
+    import copy
+
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if not callable(getattr(model, "predict_clusters", None)):
+        raise TypeError(f"{type(model).__name__} has no clusters of its own (no predict_clusters)")
+    batch = as_batch(model, data)
+    if batch.labels is None:
+        raise ValueError("clustering scores need class labels: the data has none")
+    def scores(clustering_model) -> dict[str, Any]:
+        device = model_device(clustering_model)
+        assigned = []
+        with evaluating(clustering_model):
+            for start in range(0, batch.batch_size, batch_size):
+                chunk = batch.index(slice(start, start + batch_size)).to(device)
+                assigned.append(clustering_model.predict_clusters(chunk).cpu())
+        labels, found = batch.labels.cpu().numpy(), torch.cat(assigned).numpy()
+        return {"nmi": float(normalized_mutual_info_score(labels, found)),
+                "ari": float(adjusted_rand_score(labels, found)),
+                "n_clusters": int(clustering_model.num_clusters), "rows": len(labels)}
+
+    if prune_on is None:
+        return scores(model)
+    pruned = copy.deepcopy(model)
+    with evaluating(pruned):
+        selection = pruned.prune_clusters(as_batch(pruned, prune_on))
+    return {**scores(pruned), "selection": selection, "all_clusters": scores(model)}

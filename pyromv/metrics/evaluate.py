@@ -18,7 +18,7 @@ import torch
 from ..data.dataset import MultimodalDataset
 from ..models.base import MultimodalVAE
 from .classifiers import Classifier, ClassifierConfig, classifier_accuracy, train_classifiers
-from .clustering import cluster_latents, latent_means
+from .clustering import cluster_latents, latent_means, model_clusters
 from .coherence import cross_coherence, joint_coherence
 from .fid import FeatureExtractor, InceptionFeatures, fid
 from .likelihood import ImportanceSamplingWarning, log_likelihood
@@ -54,7 +54,11 @@ class EvalConfig:
         Local state-dict file of torchvision's ``inception_v3``; when unset, FID uses the
         classifiers' penultimate features.
     clustering : bool
-        k-means on the posterior means (NMI and ARI).
+        k-means on the posterior means (NMI and ARI); for models with their own clusters
+        (``predict_clusters``, e.g. CMVAE) also the NMI and ARI of those.
+    prune_clusters : bool
+        Before scoring a model's own clusters, select their number on the training split
+        (``model.prune_clusters``, on a copy: the model itself is left as it is).
     plots : bool
         Write the pictures (needs an output folder).
     plot_rows : int
@@ -77,6 +81,7 @@ class EvalConfig:
     fid: bool = True
     inception_weights: str | None = None
     clustering: bool = True
+    prune_clusters: bool = True
     plots: bool = True
     plot_rows: int = 8
     embedding: str = "pca"
@@ -222,6 +227,9 @@ def evaluate(
     out["reconstruction_mse"] = reconstruction_error(model, test)
     if cfg.clustering and labelled:
         out["clustering"] = cluster_latents(model, test, seed=cfg.seed)
+        if callable(getattr(model, "predict_clusters", None)):
+            out["clustering"]["model_clusters"] = model_clusters(
+                model, test, prune_on=train if cfg.prune_clusters else None)
     elif cfg.clustering:
         out["skipped"]["clustering"] = "the test data has no labels"
 
@@ -296,6 +304,13 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     cl = metrics.get("clustering")
     if cl:
         lines.append(f"k-means on latent means: NMI {cl['nmi']:.3f}, ARI {cl['ari']:.3f}")
+        own = cl.get("model_clusters")
+        if own:
+            lines.append(f"the model's clusters ({own['n_clusters']}): NMI {own['nmi']:.3f}, ARI {own['ari']:.3f}")
+            every = own.get("all_clusters")
+            if every:
+                lines.append(f"  before selection ({every['n_clusters']}): NMI {every['nmi']:.3f}, "
+                             f"ARI {every['ari']:.3f}")
     rec = metrics.get("reconstruction_mse", {}).get("by_modality")
     if rec:
         lines.append("reconstruction MSE (self / cross): "

@@ -1,6 +1,7 @@
 """Multimodal VAE models, registered by name."""
 
 from .base import MultimodalVAE
+from .cmvae import CMVAE, CMVAEConfig
 from .config import ModelConfig
 from .crmvae import CRMVAE, CRMVAEConfig
 from .dmvae import DMVAE, DMVAEConfig
@@ -11,12 +12,15 @@ from .jmvae import JMVAE, JMVAEConfig
 from .mcvae import MCVAE, MCVAEConfig
 from .mmjsd import MMJSD, MMJSDConfig
 from .mmvae import MMVAE, MMVAEConfig
+from .mmvae_plus import MMVAEPlus, MMVAEPlusConfig
 from .mopoe import MoPoE, MoPoEConfig
 from .mvae import MVAE, MVAEConfig
 from .mvtcae import MVTCAE, MVTCAEConfig
 from .registry import get_model_class, register_model, registered_models
 
 __all__ = [
+    "CMVAE",
+    "CMVAEConfig",
     "CRMVAE",
     "CRMVAEConfig",
     "DMVAE",
@@ -33,6 +37,8 @@ __all__ = [
     "MMJSDConfig",
     "MMVAE",
     "MMVAEConfig",
+    "MMVAEPlus",
+    "MMVAEPlusConfig",
     "MVAE",
     "MVAEConfig",
     "MVTCAE",

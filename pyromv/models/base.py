@@ -243,10 +243,10 @@ class MultimodalVAE(PyroModule):
             out = {}
             for m in self.names:
                 fn = self.private_prior()
-                if guide:
-                    q, rows = self.private_posterior(batch, m).base_dist, batch.row_mask(m).unsqueeze(-1)
-                    fn = dist.Normal(torch.where(rows, q.loc, fn.base_dist.loc),
-                                     torch.where(rows, q.scale, fn.base_dist.scale)).to_event(1)
+                if guide:  # same location-scale family as the prior (Normal, Laplace)
+                    p, q = fn.base_dist, self.private_posterior(batch, m).base_dist
+                    rows = batch.row_mask(m).unsqueeze(-1)
+                    fn = type(p)(torch.where(rows, q.loc, p.loc), torch.where(rows, q.scale, p.scale)).to_event(1)
                 out[m] = pyro.sample(f"w_{m}", fn)
             return out
         out = {}

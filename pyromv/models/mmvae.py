@@ -12,12 +12,12 @@ from torch import Tensor, nn
 
 from ..data.batch import MultimodalBatch
 from ..distributions.fusion import MixtureOfExperts, StratifiedMixture
-from ..infer import StratifiedELBO, StratifiedIWAE
+from ..infer import SIWAE, StratifiedELBO, StratifiedIWAE
 from .base import MultimodalVAE
 from .config import ModelConfig
 from .registry import register_model
 
-_OBJECTIVES = ("iwae", "dreg", "elbo")
+_OBJECTIVES = ("iwae", "dreg", "elbo", "siwae")
 _FAMILIES = {"normal": dist.Normal, "laplace": dist.Laplace}
 
 
@@ -28,12 +28,15 @@ class MMVAEConfig(ModelConfig):
     Attributes
     ----------
     objective : str
-        Stratified ``"iwae"`` (default), ``"dreg"`` or ``"elbo"``. ``"dreg"`` is the DReG-IWAE of
+        Stratified ``"iwae"`` (default), ``"dreg"``, ``"elbo"`` or ``"siwae"``. ``"dreg"`` is the DReG-IWAE of
         the paper's code; for ``K > 1`` its gradient is biased on rows that mix several experts
         (the score of ``log q_mix`` is not the score of the sampling expert, so Tucker et al.'s
         identity does not apply; measured about 7% of the gradient's norm on the linear-Gaussian
         oracle, tests/infer/test_gradient_estimators.py). ``"iwae"`` uses the unbiased standard
-        gradient of the same bound.
+        gradient of the same bound. ``"siwae"``: the SIWAE of Morningstar et al. (AISTATS 2021),
+        ``log sum_m (1/|O|) (1/K) sum_k w_mk`` with the log outside the sum over experts, a bound
+        that tends to ``log p(X_O)`` as ``K`` grows (not a setting of the MMVAE paper; standard,
+        unbiased gradient; :class:`~pyromv.infer.SIWAE`).
     num_particles : int
         ``K`` particles per expert.
     distribution : str
@@ -69,7 +72,9 @@ class MMVAE(MultimodalVAE):
     the default objective is the stratified IWAE, with the paper's DReG-IWAE and the stratified
     ELBO as options (:class:`~pyromv.infer.StratifiedIWAE`, :class:`~pyromv.infer.StratifiedELBO`).
     As ``K`` grows the stratified IWAE tends to ``(1/|O|) sum_m log E_{q_m}[p(X, z) / q(z|X)]``,
-    which is below ``log p(X)`` where the experts disagree (Jensen), unlike the plain IWAE. Prior and
+    which is below ``log p(X)`` where the experts disagree (Jensen), unlike the plain IWAE; the
+    ``"siwae"`` option (:class:`~pyromv.infer.SIWAE`) puts the log outside the average over experts
+    and tends to ``log p(X)``. Prior and
     experts are Laplace (default) or Normal; the prior scale can be learned.
     """
 
@@ -120,5 +125,7 @@ class MMVAE(MultimodalVAE):
         c = self.config
         if c.objective == "elbo":
             return StratifiedELBO(num_particles=c.num_particles, beta=c.beta, max_plate_nesting=2)
+        if c.objective == "siwae":
+            return SIWAE(num_particles=c.num_particles, beta=c.beta, max_plate_nesting=2)
         gradient = "dreg" if c.objective == "dreg" else "standard"
         return StratifiedIWAE(num_particles=c.num_particles, beta=c.beta, gradient=gradient, max_plate_nesting=2)

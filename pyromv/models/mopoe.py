@@ -19,12 +19,12 @@ from ..distributions.fusion import (
     StratifiedMixture,
     assign_components,
 )
-from ..infer import ELBO, StratifiedELBO, StratifiedIWAE
+from ..infer import ELBO, SIWAE, StratifiedELBO, StratifiedIWAE
 from .base import MultimodalVAE
 from .config import ModelConfig
 from .registry import register_model
 
-_OBJECTIVES = ("elbo", "stratified_elbo", "iwae", "dreg")
+_OBJECTIVES = ("elbo", "stratified_elbo", "iwae", "dreg", "siwae")
 _SUBSET_SAMPLING = ("balanced", "random")
 
 
@@ -41,7 +41,10 @@ class MoPoEConfig(ModelConfig):
         (:class:`~pyromv.distributions.AssignedMixture`): a step costs O(M) network passes.
         ``"stratified_elbo"``: the same objective with one sample from *every* subset of each
         row (lower variance, O(2^M) decoder passes). ``"iwae"``/``"dreg"``: stratified IWAE over
-        subsets, samples scored by the mixture density (O(2^M) too).
+        subsets, samples scored by the mixture density (O(2^M) too). ``"siwae"``: the SIWAE of
+        Morningstar et al. (AISTATS 2021) over the same samples, ``log sum_s w_s (1/K) sum_k
+        p(X, z_sk) / q(z_sk | X)``, a bound that tends to ``log p(X_O)`` as ``K`` grows (not a
+        setting of the MoPoE paper; standard, unbiased gradient; :class:`~pyromv.infer.SIWAE`).
     subset_sampling : str
         How ``"elbo"`` assigns subsets to rows: ``"balanced"`` (systematic: rows sharing a set of
         available subsets spread evenly over it) or ``"random"`` (independent per row). Both give
@@ -112,7 +115,8 @@ class MoPoE(MultimodalVAE):
 
     @property
     def stratified(self) -> bool:
-        """Does the training objective sample every subset (``"stratified_elbo"``, ``"iwae"``, ``"dreg"``)?"""
+        """Does the training objective sample every subset (``"stratified_elbo"``, ``"iwae"``,
+        ``"dreg"``, ``"siwae"``)?"""
         return self.config.objective != "elbo"
 
     def _subset_posteriors(self, batch: MultimodalBatch) -> tuple[ProductOfExperts, Tensor]:
@@ -210,5 +214,7 @@ class MoPoE(MultimodalVAE):
             return ELBO(num_particles=c.num_particles, beta=c.beta, max_plate_nesting=1)
         if c.objective == "stratified_elbo":
             return StratifiedELBO(num_particles=c.num_particles, beta=c.beta, analytic_kl=True, max_plate_nesting=2)
+        if c.objective == "siwae":
+            return SIWAE(num_particles=c.num_particles, beta=c.beta, max_plate_nesting=2)
         gradient = "dreg" if c.objective == "dreg" else "standard"
         return StratifiedIWAE(num_particles=c.num_particles, beta=c.beta, gradient=gradient, max_plate_nesting=2)

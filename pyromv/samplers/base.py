@@ -144,10 +144,12 @@ def encode_latents(
 
 
 def private_latent_sites(model: MultimodalVAE, dataset: MultimodalDataset) -> list[str]:
-    """Names of the model's private latent sites ``w_{m}``, from a trace of one row."""
+    """Names of the model's private latent sites ``w_{m}``, from a trace of one row of its
+    generative model (:meth:`~pyromv.models.MultimodalVAE.iw_model`; a training model may
+    arrange them otherwise, e.g. MMVAE+'s one private site per stratum)."""
     batch = dataset.batch(slice(0, 1)).to(_model_device(model))
     with torch.no_grad():
-        trace = poutine.trace(model.model).get_trace(batch)
+        trace = poutine.trace(model.iw_model).get_trace(batch)
     return [
         name for name, site in trace.nodes.items()
         if site["type"] == "sample" and name.startswith("w_") and not site["is_observed"]

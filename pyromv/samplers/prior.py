@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyro.distributions as dist
+import torch
 from torch import Tensor
 
 from ..data.dataset import MultimodalDataset
@@ -13,7 +14,8 @@ from .base import LatentSampler, register_sampler
 @register_sampler("prior")
 class PriorSampler(LatentSampler):
     r"""Draw ``z ~ p(z)``, the model's prior (what ``model.generate`` does): a diagonal Normal
-    ``N(mu, diag(sigma^2))`` or, for models with Laplace priors (MMVAE), ``Laplace(mu, b)``.
+    ``N(mu, diag(sigma^2))``, ``Laplace(mu, b)`` (MMVAE, MMVAE+), or a mixture of either
+    ``sum_c pi_c p_c(z)`` (CMVAE's clustered prior).
 
     ``fit(model)`` copies the prior's family, location and scale; no data are needed (a dataset,
     when given, is only used to check that private latents can be decoded). It is the reference
@@ -43,17 +45,22 @@ class PriorSampler(LatentSampler):
         self, model: MultimodalVAE, dataset: MultimodalDataset | None, codes: str, batch_size: int,
     ) -> None:
         prior = model.prior()
-        base = prior.base_dist if isinstance(prior, dist.Independent) else prior
+        log_weights = None
+        components = prior
+        if isinstance(prior, dist.MixtureSameFamily):
+            log_weights = torch.log_softmax(prior.mixture_distribution.logits, -1).detach().clone()
+            components = prior.component_distribution
+        base = components.base_dist if isinstance(components, dist.Independent) else components
         family = next((f for f, cls in self.FAMILIES.items() if type(base) is cls), None)
-        if family is None or prior.event_shape != (model.latent_dim,):
+        shape = components.batch_shape + components.event_shape
+        if family is None or prior.event_shape != (model.latent_dim,) or components.event_shape != prior.event_shape:
             raise TypeError(
-                "PriorSampler supports diagonal Normal or Laplace priors with event shape (latent_dim,); "
-                f"{type(model).__name__}.prior() is {type(prior).__name__} of {type(base).__name__}"
+                "PriorSampler supports diagonal Normal or Laplace priors with event shape (latent_dim,), "
+                f"or mixtures of them; {type(model).__name__}.prior() is {type(prior).__name__} of "
+                f"{type(base).__name__}"
             )
         self.family = family
-        loc = base.loc.expand(prior.event_shape).detach().clone()
-        scale = base.scale.expand(prior.event_shape).detach().clone()
-        self._set(loc, scale)
+        self._set(base.loc.expand(shape).detach().clone(), base.scale.expand(shape).detach().clone(), log_weights)
         self.fit_info = {"source": "model prior"}
 
     def fit_codes(self, codes: Tensor) -> PriorSampler:
@@ -63,12 +70,16 @@ class PriorSampler(LatentSampler):
             "is GaussianMixtureSampler(n_components=1)"
         )
 
-    def _set(self, loc: Tensor, scale: Tensor) -> None:
-        self.loc, self.scale = loc, scale
-        self.latent_dim = int(loc.shape[0])
+    def _set(self, loc: Tensor, scale: Tensor, log_weights: Tensor | None = None) -> None:
+        """``loc``/``scale`` ``(D,)``, or ``(C, D)`` with the mixture's ``log_weights`` ``(C,)``."""
+        self.loc, self.scale, self.log_weights = loc, scale, log_weights
+        self.latent_dim = int(loc.shape[-1])
 
     def _dist(self) -> dist.TorchDistribution:
-        return self.FAMILIES[self.family](self.loc, self.scale).to_event(1)
+        fn = self.FAMILIES[self.family](self.loc, self.scale).to_event(1)
+        if self.log_weights is None:
+            return fn
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.log_weights), fn)
 
     def _sample(self, n: int) -> Tensor:
         return self._dist().sample((n,))
@@ -77,7 +88,10 @@ class PriorSampler(LatentSampler):
         return self._dist().log_prob(codes.to(self.loc))
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {"loc": self.loc, "scale": self.scale}
+        out = {"loc": self.loc, "scale": self.scale}
+        if self.log_weights is not None:
+            out["log_weights"] = self.log_weights
+        return out
 
     def _restore(self, tensors: dict[str, Tensor]) -> None:
-        self._set(tensors["loc"], tensors["scale"])
+        self._set(tensors["loc"], tensors["scale"], tensors.get("log_weights"))

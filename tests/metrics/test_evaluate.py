@@ -129,3 +129,8 @@ def test_every_model_is_evaluated(tmp_path, polydigits, name):
     assert 0 <= metrics["joint_coherence"] <= 1
     assert all(math.isfinite(v) for scores in metrics["fid"].values() for v in scores.values())
     assert (tmp_path / "cross_generation.png").read_bytes()[:8] == PNG
+    own = metrics["clustering"].get("model_clusters")
+    assert (own is not None) == callable(getattr(model, "predict_clusters", None))
+    if own is not None:  # a model with clusters of its own (CMVAE): scored after selecting them
+        assert 0 <= own["nmi"] <= 1 and own["n_clusters"] == own["selection"]["n_clusters"]
+        assert own["all_clusters"]["n_clusters"] == model.num_clusters

@@ -52,6 +52,18 @@ PARTIAL = {
 }
 
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
+    "cmvae": [
+        ("default", {"private_latent_dim": 2, "n_clusters": 3}),  # DReG, K = 1, beta 2.5, Laplace
+        ("normal-iwae-k2-learned-scale", {"private_latent_dim": 1, "distribution": "normal", "objective": "iwae",
+                                          "num_particles": 2, "n_clusters": 4, "learn_prior_scale": True}),
+    ],
+    "mmvae_plus": [
+        ("default", {"private_latent_dim": 2}),  # DReG, K = 1, beta 2.5, Laplace
+        ("normal-iwae-k2", {"private_latent_dim": 2, "distribution": "normal", "objective": "iwae",
+                            "num_particles": 2}),
+        ("elbo-fixed-aux", {"private_latent_dim": 1, "objective": "elbo", "learn_auxiliary_scale": False,
+                            "learn_prior_scale": True}),
+    ],
     "mvtcae": [
         ("default", {}),  # alpha = 5/6, beta = 2.5
         ("alpha0-mc", {"alpha": 0.0, "beta": 1.0, "analytic_kl": False, "num_particles": 2}),
@@ -95,6 +107,7 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
         ("iwae-normal-learnprior", {"objective": "iwae", "num_particles": 3,
                                     "distribution": "normal", "learn_prior_scale": True}),
         ("elbo-laplace-learnprior", {"objective": "elbo", "learn_prior_scale": True}),
+        ("siwae-k2", {"objective": "siwae", "num_particles": 2}),
     ],
     "mopoe": [
         ("elbo", {}),  # one subset per row (balanced), KL averaged over subsets
@@ -107,6 +120,8 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
         ("private", {"private_latent_dim": 2}),
         ("private-stratified", {"private_latent_dim": 2, "objective": "stratified_elbo"}),
         ("private-iwae", {"private_latent_dim": 2, "objective": "iwae", "num_particles": 2}),
+        ("siwae", {"objective": "siwae", "num_particles": 2}),
+        ("private-siwae", {"private_latent_dim": 2, "objective": "siwae", "num_particles": 2}),
     ],
     "jmvae": [
         ("alpha0", {"alpha": 0.0, "joint_hidden_dims": [16]}),

@@ -181,6 +181,35 @@ def test_prior_sampler_keeps_a_laplace_prior(tmp_path):
         PriorSampler(family="cauchy")
 
 
+def test_prior_sampler_keeps_a_mixture_prior(tmp_path):
+    """CMVAE's prior is a mixture of Laplace clusters (one pruned): the sampler scores it as
+    torch's own mixture does, draws from the active clusters only, and reloads it."""
+    from pyromv.models import CMVAE, CMVAEConfig
+
+    torch.manual_seed(0)
+    model = CMVAE(MODS, CMVAEConfig(latent_dim=D, private_latent_dim=2, n_clusters=3))
+    with torch.no_grad():
+        model.cluster_means.copy_(torch.tensor([[5.0, 5.0], [-5.0, 0.0], [0.0, -40.0]]))
+        model.cluster_logits.copy_(torch.tensor([0.0, 1.0, 0.0]))
+        model.active_clusters[2] = False
+    sampler = PriorSampler().fit(model)
+    assert sampler.family == "laplace"
+    z = 3 * torch.randn(6, D)
+    weights = torch.tensor([1.0, torch.e, 0.0])
+    expected = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(weights / weights.sum()),
+        torch.distributions.Independent(torch.distributions.Laplace(model.cluster_means.detach(), 1.0), 1),
+    ).log_prob(z)
+    assert torch.allclose(sampler.log_density(z), expected)
+    loaded = load_sampler(sampler.save(tmp_path / "prior"), model)
+    assert torch.allclose(loaded.log_density(z), expected)
+    torch.manual_seed(0)
+    draws = sampler.sample(4000)
+    near_first = (draws - torch.tensor([5.0, 5.0])).norm(dim=-1) < 4
+    assert abs(near_first.float().mean() - 1 / (1 + torch.e)) < 0.03  # 4 s.d. of the share
+    assert not ((draws - torch.tensor([0.0, -40.0])).norm(dim=-1) < 20).any()  # the pruned cluster
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_gmm_log_density_matches_scikit_learn(covariance_type):
     g = torch.Generator().manual_seed(0)

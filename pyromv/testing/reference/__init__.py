@@ -8,6 +8,7 @@ them (Pyro's tracing is the only difference). Like the models, they decode only 
 whose likelihood an estimator scores.
 """
 
+from .cmvae import cmvae_reference_loss
 from .crmvae import crmvae_reference_loss
 from .dmvae import dmvae_reference_loss
 from .dvcca import dvcca_reference_loss
@@ -15,11 +16,13 @@ from .gpoe import gpoe_reference_loss
 from .mcvae import mcvae_reference_loss
 from .mmjsd import mmjsd_reference_loss
 from .mmvae import mmvae_reference_loss
+from .mmvae_plus import mmvae_plus_reference_loss
 from .mopoe import mopoe_reference_loss, mopoe_stratified_reference_loss
 from .mvae import mvae_elbo_reference, mvae_reference_loss
 from .mvtcae import mvtcae_reference_loss
 
 __all__ = [
+    "cmvae_reference_loss",
     "crmvae_reference_loss",
     "dmvae_reference_loss",
     "dvcca_reference_loss",
@@ -27,6 +30,7 @@ __all__ = [
     "mcvae_reference_loss",
     "mmjsd_reference_loss",
     "mmvae_reference_loss",
+    "mmvae_plus_reference_loss",
     "mopoe_reference_loss",
     "mopoe_stratified_reference_loss",
     "mvae_elbo_reference",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -64,3 +66,36 @@ def poe(loc: Tensor, scale: Tensor, mask: Tensor, prior_loc: Tensor, prior_scale
         total = total + prior_scale**-2
         weighted = weighted + prior_loc * prior_scale**-2
     return weighted / total, total.rsqrt()
+
+
+def mixture_log_prob(family, loc: Tensor, scale: Tensor, strata: Tensor, z: Tensor) -> Tensor:
+    """``log (1/|active|) sum_{j active} q_j(z_e)`` for draws ``z`` ``(K, E, B, D)`` of experts
+    ``family(loc, scale)`` ``(E, B, D)`` with the active mask ``strata`` ``(E, B)``."""
+    comp = torch.distributions.Independent(family(loc, scale), 1).log_prob(z.unsqueeze(-3))  # (K, E, E_j, B)
+    log_w = torch.zeros_like(strata, dtype=z.dtype).masked_fill(~strata, float("-inf"))
+    log_w = log_w - log_w.logsumexp(0, keepdim=True)
+    return torch.logsumexp(comp + log_w, -2)
+
+
+def stratified_loss(lw: Tensor, strata: Tensor, bound: str, latents: list[Tensor] = ()) -> Tensor:
+    """Negative stratified bound from log-weights ``(K, E, B)``: ``"iwae"``, ``"dreg"`` (the
+    normalised weights multiply the gradient reaching each of ``latents`` ``(K, E, B, .)``) or
+    ``"elbo"``, strata averaged uniformly over the active ones of each row; ``"siwae"``: the log
+    of the strata-weighted average of the per-stratum importance averages."""
+    K = lw.shape[0]
+    lw = torch.where(strata, lw, torch.zeros_like(lw))
+    weights = strata / strata.sum(0, keepdim=True)
+    if bound == "elbo":
+        return -(lw.mean(0) * weights).sum()
+    if bound == "siwae":
+        terms = torch.where(strata, lw + weights.clamp(min=1e-300).log() - math.log(K), float("-inf"))
+        return -torch.logsumexp(terms.flatten(0, 1), 0)[strata.any(0)].sum()
+    value = ((torch.logsumexp(lw, 0) - math.log(K)) * weights).sum()
+    if bound != "dreg":
+        return -value
+    normalized = torch.softmax(lw.detach(), 0)
+    for z in latents:
+        if z.requires_grad:
+            z.register_hook(lambda grad: grad * normalized.unsqueeze(-1))
+    surrogate = (weights * (normalized * lw).sum(0)).sum()
+    return -(value.detach() + surrogate - surrogate.detach())
