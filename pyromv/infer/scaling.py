@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from pyro.poutine.messenger import Messenger
 
 
@@ -35,10 +36,18 @@ class LatentScaling:
     """Mixin for objectives: ``beta`` times a warm-up factor ``kl_anneal`` in [0, 1].
 
     The trainer's KL warm-up sets ``kl_anneal`` each step; ``beta`` is the model's target weight.
+    Guessing ``max_plate_nesting`` leaves the random number generators as they were.
     """
 
     beta: float = 1.0
     kl_anneal: float = 1.0
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs) -> None:
+        # Pyro finds the plates by running model and guide once; do it without consuming random
+        # numbers, so that the draws of training do not depend on when the guess happens (a run
+        # resumed from a checkpoint guesses again, and must draw what the uninterrupted run drew)
+        with torch.random.fork_rng():
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
     @property
     def latent_scale(self) -> float:

@@ -297,6 +297,13 @@ class MultimodalVAE(PyroModule):
         return ELBO(num_particles=self.config.num_particles, beta=self.config.beta,
                     max_plate_nesting=self.max_plate_nesting)
 
+    def stages(self) -> list:
+        """The training stages (:class:`~pyromv.training.stages.Stage`); by default one: every
+        parameter on :meth:`default_loss` with :meth:`model` and :meth:`guide`."""
+        from ..training.stages import Stage
+
+        return [Stage("train", self.default_loss(), self.model, self.guide)]
+
     def evaluation_loss(self) -> pyro.infer.ELBO:
         """The negative ELBO (``beta = 1``, analytic KL where it exists) of this model's guide,
         summed over the batch: what the trainer reports and validates on. Use it with

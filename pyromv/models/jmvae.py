@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import pyro
@@ -14,9 +13,9 @@ from pyro.distributions.kl import kl_divergence
 from ..data.batch import MultimodalBatch
 from ..distributions.fusion import ProductOfExperts
 from ..infer import ELBO
-from ..nn.mlp import MLPEncoder
 from .base import MultimodalVAE
 from .config import ModelConfig
+from .joint import JointEncoderMixin
 from .registry import register_model
 
 
@@ -45,7 +44,7 @@ class JMVAEConfig(ModelConfig):
 
 
 @register_model("jmvae")
-class JMVAE(MultimodalVAE):
+class JMVAE(JointEncoderMixin, MultimodalVAE):
     r"""Joint multimodal VAE, JMVAE-kl (Suzuki, Nakayama & Matsuo 2016, Sec. 3.3).
 
     .. math:: \mathcal L(X) = \mathbb E_{q(z|X)}[\log p(X|z)] - \beta\,\mathrm{KL}(q(z|X) \| p(z))
@@ -68,19 +67,14 @@ class JMVAE(MultimodalVAE):
 
     def __init__(self, modalities, config: JMVAEConfig | None = None) -> None:
         super().__init__(modalities, config)
-        width = sum(math.prod(self.likelihoods[m].input_shape) for m in self.names)
-        self.joint_encoder = MLPEncoder((width,), self.config.latent_dim, self.config.joint_hidden_dims)
-
-    def _joint(self, batch: MultimodalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [self.likelihoods[m].encoder_input(batch.data[m]).flatten(1) for m in self.names]
-        return self.joint_encoder(torch.cat(parts, -1))
+        self._build_joint_encoder(self.config.joint_hidden_dims)
 
     def _posterior_parts(self, batch: MultimodalBatch):
         loc, scale, mask = self.experts(batch)
-        complete = mask.all(-1)
+        complete = self.complete_rows(mask)
         p_loc, p_scale, p_mask = self._prior_for_empty_rows(loc, scale, mask)
         poe = ProductOfExperts(p_loc, p_scale, p_mask, include_prior=False)
-        j_loc, j_scale = self._joint(batch)
+        j_loc, j_scale = self.joint_params(batch)
         fused = dist.Normal(torch.where(complete.unsqueeze(-1), j_loc, poe.loc),
                             torch.where(complete.unsqueeze(-1), j_scale, poe.scale)).to_event(1)
         return fused, (j_loc, j_scale), (loc, scale), complete

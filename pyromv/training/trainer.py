@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -19,6 +20,7 @@ from ..infer import KLWarmup
 from ..models.base import MultimodalVAE
 from ..models.io import load_weights
 from .checkpoint import find_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
+from .stages import Stage, frozen_except
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -99,14 +101,20 @@ class Trainer:
     the best validation loss). ``fit(resume=True)`` continues from ``last`` exactly where it
     stopped: the same run interrupted and resumed gives the same weights as one uninterrupted.
 
+    A model trained in stages (``model.stages()``, :class:`~pyromv.training.stages.Stage`: TELBO,
+    JNF) runs them in order: each stage trains its own parameters (the others frozen) on its own
+    objective with a fresh optimiser, validates and stops early on its own validation loss, and
+    the next stage starts from the stage's best weights (when checkpoints are written). The
+    checkpoint records the stage, so a run killed mid-stage or at a switch resumes exactly.
+
     Parameters
     ----------
     model : MultimodalVAE
     loss : pyro.infer.ELBO, optional
-        The objective (default ``model.default_loss()``).
+        The objective (default ``model.default_loss()``); single-stage models only.
     optimizer : torch.optim.Optimizer, optional
-        Default Adam on ``model.parameters()`` with ``config.lr`` (:func:`default_optimizer`:
-        the fused kernel where torch has one).
+        Default Adam on the stage's parameters with ``config.lr`` (:func:`default_optimizer`:
+        the fused kernel where torch has one); single-stage models only.
     config : TrainerConfig, optional
     checkpoint_dir : path, optional
     callbacks : sequence of callables
@@ -124,18 +132,45 @@ class Trainer:
     ) -> None:
         self.model = model
         self.config = config if config is not None else TrainerConfig()
-        self.loss = loss if loss is not None else model.default_loss()
-        self.optimizer = optimizer or default_optimizer(model.parameters(), self.config.lr)
+        self.stages: list[Stage] = list(model.stages())
+        if len(self.stages) > 1 and (loss is not None or optimizer is not None):
+            raise ValueError(
+                f"{type(model).__name__} trains in stages {[s.name for s in self.stages]}, each with its "
+                "own objective and optimiser: do not pass loss= or optimizer="
+            )
+        if loss is not None:
+            self.stages[0] = dataclasses.replace(self.stages[0], loss=loss)
+        for stage in self.stages:
+            stage.validate(model)
+        self._given_optimizer = optimizer
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.callbacks = list(callbacks)
         self.eval_loss = model.evaluation_loss()
         self.generator = torch.Generator()
         self.epoch = 0
         self.step = 0
+        self.stage_index = 0
+        self.stage_start = 0  # the epoch at which the current stage began
         self.best_val = math.inf
         self.stale_epochs = 0
         self.history: list[dict[str, Any]] = []
-        self.stopped_early = False
+        self.stopped_early = False  # the current stage stopped early
+        self.optimizer = optimizer or self._stage_optimizer()
+
+    @property
+    def stage(self) -> Stage:
+        """The stage being trained."""
+        return self.stages[self.stage_index]
+
+    @property
+    def loss(self) -> pyro.infer.ELBO:
+        """The current stage's objective."""
+        return self.stage.loss
+
+    def _stage_optimizer(self) -> torch.optim.Optimizer:
+        if self._given_optimizer is not None:
+            return self._given_optimizer
+        return default_optimizer(self.stage.parameters(self.model), self.config.lr)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -151,6 +186,20 @@ class Trainer:
         self.model.train(was_training)
         return total / len(dataset)
 
+    @torch.no_grad()
+    def _validate(self, dataset: MultimodalDataset) -> float:
+        """Mean validation loss per row of the current stage (single-stage models: :meth:`evaluate`)."""
+        if self.stage.validation is None:
+            return self.evaluate(dataset)
+        loss, model, guide = self.stage.validation
+        was_training = self.model.training
+        self.model.eval()
+        total = 0.0
+        for batch in dataset.batches(self.config.batch_size):
+            total += float(loss.differentiable_loss(model, guide, batch))
+        self.model.train(was_training)
+        return total / len(dataset)
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def last_checkpoint(self) -> Path | None:
@@ -160,6 +209,8 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "step": self.step,
+            "stage": self.stage_index,
+            "stage_start": self.stage_start,
             "best_val": self.best_val,
             "stale_epochs": self.stale_epochs,
             "stopped_early": self.stopped_early,
@@ -184,6 +235,11 @@ class Trainer:
             )
         self.model.load_state_dict(load_weights(found))
         state = read_state(found)
+        self.stage_index, self.stage_start = state.get("stage", 0), state.get("stage_start", 0)
+        if not 0 <= self.stage_index < len(self.stages):
+            raise ValueError(f"the checkpoint in {found} is at stage {self.stage_index}; "
+                             f"{type(self.model).__name__} has {len(self.stages)}")
+        self.optimizer = self._stage_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], self.generator)
         self.epoch, self.step = state["epoch"], state["step"]
@@ -204,10 +260,11 @@ class Trainer:
     def _train_epoch(self, train: MultimodalDataset, warmup: KLWarmup) -> float:
         self.model.train()
         total = 0.0
+        stage = self.stage
         for batch in train.batches(self.config.batch_size, shuffle=True, generator=self.generator):
-            if hasattr(self.loss, "kl_anneal"):
-                self.loss.kl_anneal = warmup.factor(self.step)
-            loss = self.loss.differentiable_loss(self.model.model, self.model.guide, batch)
+            if hasattr(stage.loss, "kl_anneal"):
+                stage.loss.kl_anneal = warmup.factor(self.step)
+            loss = stage.loss.differentiable_loss(stage.model, stage.guide, batch)
             self._check_finite(loss, "the training loss")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -237,22 +294,43 @@ class Trainer:
                    disable=not cfg.progress, dynamic_ncols=True)
         try:
             with pyro.validation_enabled(cfg.validate_pyro):
-                while self.epoch < cfg.epochs and not self.stopped_early:
+                while self._stage_running():
                     start = time.perf_counter()
-                    train_loss = self._train_epoch(train, warmup)
+                    with frozen_except(self.model, self.stage):
+                        train_loss = self._train_epoch(train, warmup)
                     record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss}
+                    if len(self.stages) > 1:
+                        record["stage"] = self.stage.name
                     if val is not None:
-                        record["val_loss"] = self.evaluate(val)
+                        record["val_loss"] = self._validate(val)
                         self._check_finite(torch.tensor(record["val_loss"]), "the validation loss")
                     record["seconds"] = time.perf_counter() - start
                     self._end_epoch(record)
                     bar.update(1)
-                    bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("loss")})
+                    bar.set_postfix({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in record.items()
+                                     if k.endswith("loss") or k == "stage"})
         finally:
             bar.close()
         if self.checkpoint_dir is not None and (self.checkpoint_dir / "best").exists():
             self.model.load_state_dict(load_weights(self.checkpoint_dir / "best"))
         return self.history
+
+    def _stage_running(self) -> bool:
+        """Is there an epoch to train? Moves on to the next stage when the current one is over
+        (its epochs done or stopped early), starting from the stage's best weights."""
+        while True:
+            budget = self.stage.resolve_epochs(self.config.epochs, self.stage_start)
+            if self.epoch < self.config.epochs and not self.stopped_early and self.epoch - self.stage_start < budget:
+                return True
+            if self.stage_index + 1 >= len(self.stages) or self.epoch >= self.config.epochs:
+                return False
+            best = None if self.checkpoint_dir is None else self.checkpoint_dir / "best"
+            if best is not None and best.exists():
+                self.model.load_state_dict(load_weights(best))
+            self.stage_index += 1
+            self.stage_start = self.epoch
+            self.best_val, self.stale_epochs, self.stopped_early = math.inf, 0, False
+            self.optimizer = self._stage_optimizer()
 
     def _end_epoch(self, record: dict[str, Any]) -> None:
         self.epoch += 1

@@ -1,0 +1,36 @@
+"""A joint encoder ``q(z | X)`` on every modality at once, for models that pair it with unimodal
+encoders (JMVAE, TELBO, JNF)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..data.batch import MultimodalBatch
+from ..nn.mlp import MLPEncoder
+
+
+class JointEncoderMixin:
+    """Adds ``self.joint_encoder``: an MLP on the modalities' encoder inputs, flattened and
+    concatenated, giving ``(loc, scale)`` of a diagonal Gaussian ``q(z | X)``.
+
+    The joint encoder needs every modality; models use it on complete rows and fall back to the
+    product of the observed unimodal experts on the others (see JMVAE).
+    """
+
+    def _build_joint_encoder(self, hidden_dims: Sequence[int]) -> None:
+        width = sum(math.prod(self.likelihoods[m].input_shape) for m in self.names)
+        self.joint_encoder = MLPEncoder((width,), self.config.latent_dim, list(hidden_dims))
+
+    def joint_params(self, batch: MultimodalBatch) -> tuple[Tensor, Tensor]:
+        """``(loc, scale)`` ``(B, D)`` of the joint encoder (meaningful on complete rows)."""
+        parts = [self.likelihoods[m].encoder_input(batch.data[m]).flatten(1) for m in self.names]
+        return self.joint_encoder(torch.cat(parts, -1))
+
+    @staticmethod
+    def complete_rows(mask: Tensor) -> Tensor:
+        """``(B,)``: the rows whose expert mask ``(B, M)`` observes every modality."""
+        return mask.all(-1)
