@@ -299,16 +299,16 @@ def test_nan_gradient_is_caught_with_grad_clip(tmp_path):
 def test_nan_gradient_without_clipping_never_reaches_a_checkpoint(tmp_path):
     ck = tmp_path / "ck"
     steps_per_epoch = math.ceil(18 / BS)
-    # the last step of epoch 1 has a NaN gradient (finite loss)
-    trainer = Trainer(_model(), loss=_Injected(after=steps_per_epoch - 1, how="nan_grad"),
+    # the last step of epoch 2 has a NaN gradient (finite loss): epoch 1's checkpoint stays
+    trainer = Trainer(_model(), loss=_Injected(after=2 * steps_per_epoch - 1, how="nan_grad"),
                       config=_config(epochs=3), checkpoint_dir=ck)
-    with pytest.raises(NonFiniteLossError):
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         trainer.fit(_dataset())
     found = find_checkpoint(ck / "last")
-    if found is not None:
-        weights = load_weights(found)
-        bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
-        assert not bad, f"non-finite weights in {found}: {bad}"
+    assert found is not None and read_state(found)["epoch"] == 1
+    weights = load_weights(found)
+    bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
+    assert not bad, f"non-finite weights in {found}: {bad}"
 
 
 # ====================================================================== gradient clipping

@@ -13,6 +13,7 @@ from .crmvae import crmvae_reference_loss
 from .dmvae import dmvae_reference_loss
 from .dvcca import dvcca_reference_loss
 from .gpoe import gpoe_reference_loss
+from .jmvae import jmvae_reference_loss
 from .mcvae import mcvae_reference_loss
 from .mmjsd import mmjsd_reference_loss
 from .mmvae import mmvae_reference_loss
@@ -27,6 +28,7 @@ __all__ = [
     "dmvae_reference_loss",
     "dvcca_reference_loss",
     "gpoe_reference_loss",
+    "jmvae_reference_loss",
     "mcvae_reference_loss",
     "mmjsd_reference_loss",
     "mmvae_reference_loss",
