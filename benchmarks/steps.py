@@ -14,7 +14,8 @@ MODELS = {
     for name, cls in [("mvae", "MVAE"), ("mmvae", "MMVAE"), ("mopoe", "MoPoE"), ("jmvae", "JMVAE"),
                       ("mvtcae", "MVTCAE"), ("crmvae", "CRMVAE"), ("dmvae", "DMVAE"), ("mmjsd", "MMJSD"),
                       ("gpoe", "GPoE"), ("mcvae", "MCVAE"), ("dvcca", "DVCCA"),
-                      ("mmvae_plus", "MMVAEPlus"), ("cmvae", "CMVAE")]
+                      ("mmvae_plus", "MMVAEPlus"), ("cmvae", "CMVAE"), ("cvae", "CVAE"), ("telbo", "TELBO"),
+                      ("jnf", "JNF"), ("nexus", "Nexus"), ("mhvae", "MHVAE")]
 }
 
 

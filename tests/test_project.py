@@ -16,3 +16,15 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_main_job_command():
     readme = ROOT.joinpath("README.md").read_text()
     assert "python -m venv .venv && . .venv/bin/activate && pip install -e . && pyromv-train" in readme
+
+
+def test_the_code_is_ruff_clean():
+    """The style standard is checked where CI runs: ``ruff check`` (in the ``test`` extra)."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    done = subprocess.run([ruff, "check", "pyromv", "tests", "benchmarks", "examples"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

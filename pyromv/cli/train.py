@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data.missingness import mcar
 from ..metrics.evaluate import evaluate, format_summary
-from ..metrics.plots import image_modalities, plot_cross_generation, plot_samples
+from ..metrics.plots import generated_image_modalities, plot_cross_generation, plot_samples
 from ..models import get_model_class, save_model
 from ..samplers import get_sampler_class
 from ..samplers.job import fit_sampler_job
@@ -72,7 +72,7 @@ def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str
             n_plot=cfg.plot_rows, progress=trainer_config.progress,
         )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if image_modalities(model):
+    if generated_image_modalities(model):
         batch = test.batch()
         plt.close(plot_cross_generation(model, batch, n=cfg.plot_rows, path=out / "cross_generation.png"))
         plt.close(plot_samples(model, n=cfg.plot_rows, path=out / "samples.png"))

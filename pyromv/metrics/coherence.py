@@ -95,21 +95,26 @@ def cross_coherence(
               \quad \hat x_m^{(i)} = \mathbb E\, p(x_m | z),\ z \sim q(z | X_S^{(i)})
 
     Rows are those observing every modality of ``S`` (and having a label). Targets are the
-    modalities outside ``S`` (the papers' convention); ``include_self`` adds ``S``'s own
-    (self-reconstruction coherence). ``sample=True`` draws ``z`` from the posterior as the
-    papers do; ``False`` decodes its mean.
+    modalities outside ``S`` (the papers' convention) that the model generates
+    (``model.generated_modalities``: all of them except for conditional models such as the
+    CVAE); ``include_self`` adds ``S``'s own (self-reconstruction coherence). ``sample=True``
+    draws ``z`` from the posterior as the papers do; ``False`` decodes its mean.
 
     Parameters
     ----------
     subsets : sequence of name sequences, optional
-        Default: every non-empty proper subset (``2^M - 2`` of them).
+        Default: every non-empty proper subset (``2^M - 2`` of them) that leaves a target.
     classifiers : mapping of str to callable
         ``x_m (B, *shape) -> logits (B, C)`` for each target modality.
     """
     batch = as_batch(model, data)
     if batch.labels is None:
         raise ValueError("coherence needs class labels: the data has none")
-    subsets = proper_subsets(model.names) if subsets is None else [tuple(s) for s in subsets]
+    outputs = list(model.generated_modalities)
+    if subsets is None:
+        subsets = [s for s in proper_subsets(model.names) if any(include_self or m not in s for m in outputs)]
+    else:
+        subsets = [tuple(s) for s in subsets]
     if not subsets:
         raise ValueError("coherence needs at least one subset (a model with >= 2 modalities)")
     device = model_device(model)
@@ -118,9 +123,10 @@ def cross_coherence(
         for subset in subsets:
             for m in subset:
                 model.modality(m)
-            targets = [m for m in model.names if include_self or m not in subset]
+            targets = [m for m in outputs if include_self or m not in subset]
             if not targets:
-                raise ValueError(f"subset {list(subset)} leaves no target modality")
+                raise ValueError(f"subset {list(subset)} leaves no target modality the model generates "
+                                 f"({outputs})")
             _check_classifiers(model, classifiers, targets)
             rows = torch.ones(batch.batch_size, dtype=torch.bool)
             for m in subset:
@@ -159,19 +165,26 @@ def joint_coherence(
 ) -> float:
     r"""Fraction of prior draws whose decoded modalities all get the same predicted class.
 
+    Over the modalities the model generates (``model.generated_modalities``); a model that
+    generates fewer than two has no joint coherence (ValueError).
+
     .. math:: \frac1n \sum_{i=1}^n \mathbb 1\big[f_1(\hat x_1^{(i)}) = \dots = f_M(\hat x_M^{(i)})\big],
               \quad \hat x_m^{(i)} = \mathbb E\, p(x_m | z_i),\ z_i \sim p(z)
     """
     if n < 1:
         raise ValueError(f"joint coherence needs n >= 1 samples, got {n}")
-    _check_classifiers(model, classifiers, model.names)
+    names = list(model.generated_modalities)
+    if len(names) < 2:
+        raise ValueError(f"joint coherence needs at least two generated modalities; {model.name} "
+                         f"generates only {names}")
+    _check_classifiers(model, classifiers, names)
     device = model_device(model)
     agree = 0
     with evaluating(model), seeded(seed, device):
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             generated = model.generate(k)
-            preds: list[Tensor] = [predict(classifiers[m], generated[m]) for m in model.names]
+            preds: list[Tensor] = [predict(classifiers[m], generated[m]) for m in names]
             same = torch.ones(k, dtype=torch.bool)
             for p in preds[1:]:
                 same &= p == preds[0]

@@ -159,7 +159,7 @@ def evaluate(
     the metrics go to ``out_dir/metrics.json`` and the pictures next to it.
     """
     from .plots import (  # matplotlib only when needed
-        image_modalities,
+        generated_image_modalities,
         plot_coherence,
         plot_cross_generation,
         plot_latent_embedding,
@@ -189,25 +189,30 @@ def evaluate(
     out["log_likelihood"] = _likelihood(model, rows, cfg)
     if cfg.conditional and len(model.names) > 1:
         out["conditional_log_likelihood"] = {}
-        for m in model.names:
+        for m in model.generated_modalities:
             others = [o for o in model.names if o != m]
             out["conditional_log_likelihood"][m] = _likelihood(
                 model, rows, cfg, given=others, targets=[m]
             )
 
     # ---- coherence
-    complete = classifiers is not None and all(m in classifiers for m in model.names)
+    complete = classifiers is not None and all(m in classifiers for m in model.generated_modalities)
     if labelled and complete and len(model.names) > 1:
         coh = cross_coherence(model, test, classifiers, sample=cfg.coherence_sample, seed=cfg.seed)
         out["coherence"] = coh.to_dict()
-        out["joint_coherence"] = joint_coherence(model, classifiers, n=cfg.joint_samples, seed=cfg.seed)
+        if len(model.generated_modalities) > 1:
+            out["joint_coherence"] = joint_coherence(model, classifiers, n=cfg.joint_samples, seed=cfg.seed)
+        else:
+            out["skipped"]["joint_coherence"] = (
+                f"the model generates one modality only ({model.generated_modalities})"
+            )
     else:
         out["skipped"]["coherence"] = (
             "needs labels, a classifier for every modality and at least two modalities"
         )
 
     # ---- FID
-    images = image_modalities(model)
+    images = generated_image_modalities(model)
     if cfg.fid and images:
         extractors = _extractors(model, cfg, classifiers, images)
         out["fid"] = {}
@@ -256,7 +261,7 @@ def evaluate(
             written.append(name)
             if "coherence" in out:
                 plt.close(plot_coherence(out["coherence"]["by_size"], out["coherence"]["by_subset"],
-                                         out["joint_coherence"], out_dir / "coherence.png"))
+                                         out.get("joint_coherence"), out_dir / "coherence.png"))
                 written.append("coherence.png")
             out["plots"] = written
     out["seconds"] = time.perf_counter() - start
@@ -285,7 +290,8 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     if coh:
         lines.append("cross-modal coherence by number of given modalities: "
                      + ", ".join(f"{k}: {v:.3f}" for k, v in coh["by_size"].items()))
-        lines.append(f"joint coherence (prior samples): {metrics['joint_coherence']:.3f}")
+        if "joint_coherence" in metrics:
+            lines.append(f"joint coherence (prior samples): {metrics['joint_coherence']:.3f}")
     ll = metrics.get("log_likelihood")
     if ll:
         lines.append(

@@ -126,7 +126,8 @@ class LogLikelihood:
     num_particles : int
         ``K``.
     given, targets : tuple of str or None
-        The conditioning set ``S`` and the scored set ``T`` (``given is None``: joint).
+        The conditioning set ``S`` and the scored set ``T`` (``given is None``: joint; the joint
+        of a conditional model lists the modalities it conditions on as ``given``).
     """
 
     values: Tensor
@@ -292,6 +293,11 @@ def log_likelihood(
     stochastic lower bound (its expectation is at most ``log p``); the conditional one is
     neither a lower nor an upper bound.
 
+    A conditional model (``model.generated_modalities`` short of every modality, e.g. the CVAE's
+    ``p(y | c)``) is scored on what it models: the joint estimate is then ``log p(X_T | X_C)``
+    with ``C`` the modalities it only conditions on (observed by proposal and score alike,
+    reported as ``given``), and a target it does not generate is a ValueError.
+
     Missing modalities are marginalised exactly (likelihood of what is observed). A joint
     estimate scores every row that observes a modality of ``targets``; a conditional one
     every row that observes a modality of ``given`` *and* one of ``targets``; the result
@@ -343,10 +349,18 @@ def log_likelihood(
     batch = as_batch(model, data)
     given_t = _check_names(model, given, "given")
     targets_t = _check_names(model, targets, "targets")
+    generated = list(model.generated_modalities)
     if targets_t is None:
-        targets_t = tuple(m for m in model.names if given_t is None or m not in given_t)
+        targets_t = tuple(m for m in generated if given_t is None or m not in given_t)
         if not targets_t:
-            raise ValueError("given names every modality: nothing is left to score")
+            raise ValueError(f"given names every modality the model generates ({generated}): nothing is "
+                             "left to score")
+    for m in targets_t:
+        if m not in generated:
+            raise ValueError(f"{model.name} does not model modality {m!r} (it only conditions on it): it "
+                             f"cannot be a target; the model generates {generated}")
+    # what a conditional model (CVAE) conditions on: always part of the proposal and the score
+    context = tuple(m for m in model.names if m not in generated)
     if given_t is not None and set(given_t) & set(targets_t):
         raise ValueError(
             f"given {list(given_t)} and targets {list(targets_t)} overlap; they must be disjoint"
@@ -360,8 +374,8 @@ def log_likelihood(
         what = "targets" if given_t is None else "given and targets"
         raise ValueError(f"no row observes the {what} {list(given_t or ()) + list(targets_t)}")
     batch = batch.index(rows.to(keep.device))
-    proposal_names = targets_t if given_t is None else given_t
-    scored_names = targets_t if given_t is None else given_t + targets_t
+    proposal_names = context + targets_t if given_t is None else given_t
+    scored_names = context + targets_t if given_t is None else given_t + targets_t
     exclude = [] if given_t is None else [f"x_{m}" for m in targets_t]
 
     device = model_device(model)
@@ -381,7 +395,7 @@ def log_likelihood(
 
     result = LogLikelihood(
         values=torch.cat(values), khat=torch.cat(khats), rows=rows, num_particles=K,
-        given=given_t, targets=targets_t,
+        given=(context or None) if given_t is None else given_t, targets=targets_t,
     )
     bad = result.khat > khat_threshold
     if bool(bad.any()):

@@ -23,6 +23,12 @@ def image_modalities(model: MultimodalVAE) -> list[str]:
     return [m.name for m in model.modalities if len(m.shape) == 3 and m.shape[0] in (1, 3)]
 
 
+def generated_image_modalities(model: MultimodalVAE) -> list[str]:
+    """The image modalities the model generates (``model.generated_modalities``)."""
+    generated = set(model.generated_modalities)
+    return [m for m in image_modalities(model) if m in generated]
+
+
 def _show(ax, image: torch.Tensor) -> None:
     image = image.detach().float().cpu().clamp(0, 1)
     if image.shape[0] == 1:
@@ -41,15 +47,16 @@ def plot_cross_generation(
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """One panel per source modality ``s``: the inputs ``x_s`` (top row), then the posterior
-    mean of ``q(z | x_s)`` decoded into every image modality (``s -> s`` is the reconstruction).
+    mean of ``q(z | x_s)`` decoded into every image modality the model generates (``s -> s`` is
+    the reconstruction). Sources default to every image modality.
 
     Columns are the first ``n`` rows of ``batch`` that observe ``s``; the title of each column
     is its label when the batch has labels. Saved as PNG when ``path`` is given.
     """
-    images = image_modalities(model)
+    images = generated_image_modalities(model)
     if not images:
-        raise ValueError("plot_cross_generation needs at least one image modality (C, H, W)")
-    sources = list(sources) if sources is not None else images
+        raise ValueError("plot_cross_generation needs at least one generated image modality (C, H, W)")
+    sources = list(sources) if sources is not None else image_modalities(model)
     fig, axes = plt.subplots(
         len(sources) * (len(images) + 1), n, figsize=(1.0 * n, 1.0 * len(sources) * (len(images) + 1)),
         squeeze=False,
@@ -82,10 +89,10 @@ def plot_cross_generation(
 
 
 def plot_samples(model: MultimodalVAE, n: int = 8, path: str | os.PathLike | None = None) -> Figure:
-    """``n`` joint samples from the prior, one row per image modality."""
-    images = image_modalities(model)
+    """``n`` joint samples from the prior, one row per generated image modality."""
+    images = generated_image_modalities(model)
     if not images:
-        raise ValueError("plot_samples needs at least one image modality (C, H, W)")
+        raise ValueError("plot_samples needs at least one generated image modality (C, H, W)")
     generated = model.generate(n, targets=images)
     fig, axes = plt.subplots(len(images), n, figsize=(1.0 * n, 1.0 * len(images)), squeeze=False)
     for r, m in enumerate(images):
@@ -107,9 +114,9 @@ def plot_reconstructions(
 
     Inputs a row does not observe are left blank (their reconstruction is a prediction).
     """
-    images = image_modalities(model)
+    images = generated_image_modalities(model)
     if not images:
-        raise ValueError("plot_reconstructions needs at least one image modality (C, H, W)")
+        raise ValueError("plot_reconstructions needs at least one generated image modality (C, H, W)")
     sub = batch.index(slice(0, n))
     n = min(n, sub.batch_size)
     if n < 1:

@@ -48,7 +48,7 @@ def reconstruction_error(
     modality of ``S``. For categorical entries (categorical modalities, categorical columns of
     a tabular one) the error is 0/1, so their "MSE" is the rate of wrong symbols. ``m`` in ``S``
     is a reconstruction, ``m`` outside ``S`` a cross-modal prediction. Missing entries never
-    count.
+    count. Only the modalities the model generates are predicted (``model.generated_modalities``).
 
     Returns
     -------
@@ -59,6 +59,7 @@ def reconstruction_error(
     """
     batch = as_batch(model, data)
     subsets = all_subsets(model.names) if subsets is None else [tuple(s) for s in subsets]
+    generated = list(model.generated_modalities)  # a CVAE predicts only what it models
     device = model_device(model)
     by_subset: dict[str, dict[str, float]] = {}
     rows_used: dict[str, int] = {}
@@ -76,21 +77,21 @@ def reconstruction_error(
             if not bool(rows.any()):
                 continue
             sub = batch.index(rows.nonzero().flatten())
-            sse = {m: 0.0 for m in model.names}
-            count = {m: 0 for m in model.names}
+            sse = {m: 0.0 for m in generated}
+            count = {m: 0 for m in generated}
             for start in range(0, sub.batch_size, batch_size):
                 chunk = sub.index(slice(start, start + batch_size)).to(device)
                 pred = model.cross_generate(chunk.restrict(subset), sample=False)
-                for m in model.names:
+                for m in generated:
                     x = chunk.data[m]
                     mask = chunk.obs_mask[m]
                     mask = mask.reshape(mask.shape + (1,) * (x.dim() - mask.dim())).expand_as(x)
                     err = _entry_error(model.likelihoods[m], pred[m], x)
                     sse[m] += float(err[mask].sum())
                     count[m] += int(mask.sum())
-            by_subset[key] = {m: sse[m] / count[m] for m in model.names if count[m] > 0}
+            by_subset[key] = {m: sse[m] / count[m] for m in generated if count[m] > 0}
     summary: dict[str, dict[str, float]] = {}
-    for m in model.names:
+    for m in generated:
         own = [v[m] for k, v in by_subset.items() if m in k.split("+") and m in v]
         cross = [v[m] for k, v in by_subset.items() if m not in k.split("+") and m in v]
         summary[m] = {

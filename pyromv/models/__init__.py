@@ -4,25 +4,32 @@ from .base import MultimodalVAE
 from .cmvae import CMVAE, CMVAEConfig
 from .config import ModelConfig
 from .crmvae import CRMVAE, CRMVAEConfig
+from .cvae import CVAE, CVAEConfig
 from .dmvae import DMVAE, DMVAEConfig
 from .dvcca import DVCCA, DVCCAConfig
 from .gpoe import GPoE, GPoEConfig
 from .io import build_model, load_model, save_model
 from .jmvae import JMVAE, JMVAEConfig
+from .jnf import JNF, JNFConfig
 from .mcvae import MCVAE, MCVAEConfig
+from .mhvae import MHVAE, MHVAEConfig
 from .mmjsd import MMJSD, MMJSDConfig
 from .mmvae import MMVAE, MMVAEConfig
 from .mmvae_plus import MMVAEPlus, MMVAEPlusConfig
 from .mopoe import MoPoE, MoPoEConfig
 from .mvae import MVAE, MVAEConfig
 from .mvtcae import MVTCAE, MVTCAEConfig
+from .nexus import Nexus, NexusConfig
 from .registry import get_model_class, register_model, registered_models
+from .telbo import TELBO, TELBOConfig
 
 __all__ = [
     "CMVAE",
     "CMVAEConfig",
     "CRMVAE",
     "CRMVAEConfig",
+    "CVAE",
+    "CVAEConfig",
     "DMVAE",
     "DMVAEConfig",
     "DVCCA",
@@ -31,8 +38,12 @@ __all__ = [
     "GPoEConfig",
     "JMVAE",
     "JMVAEConfig",
+    "JNF",
+    "JNFConfig",
     "MCVAE",
     "MCVAEConfig",
+    "MHVAE",
+    "MHVAEConfig",
     "MMJSD",
     "MMJSDConfig",
     "MMVAE",
@@ -47,6 +58,10 @@ __all__ = [
     "MoPoE",
     "MoPoEConfig",
     "MultimodalVAE",
+    "Nexus",
+    "NexusConfig",
+    "TELBO",
+    "TELBOConfig",
     "build_model",
     "get_model_class",
     "load_model",

@@ -113,6 +113,27 @@ class MultimodalVAE(PyroModule):
                 return m
         raise ValueError(f"unknown modality {name!r}: the model has {self.names}")
 
+    @property
+    def generated_modalities(self) -> list[str]:
+        """The modalities the model can generate (decode from its latent): every modality by
+        default. A conditional model (CVAE) generates only what it models; the others are inputs
+        it conditions on, and asking to generate one is a ValueError (:meth:`check_targets`)."""
+        return self.names
+
+    def check_targets(self, targets: Sequence[str] | None) -> list[str]:
+        """``targets`` (default :attr:`generated_modalities`) as a list; ValueError naming an
+        unknown modality or one the model conditions on but cannot generate."""
+        names = list(self.generated_modalities) if targets is None else list(targets)
+        generated = set(self.generated_modalities)
+        for t in names:
+            self.modality(t)
+            if t not in generated:
+                raise ValueError(
+                    f"{self.name} cannot generate modality {t!r}: it only conditions on it "
+                    f"(it generates {self.generated_modalities})"
+                )
+        return names
+
     def prior(self) -> dist.TorchDistribution:
         """``p(z) = N(0, prior_scale^2 I)`` with event shape ``(D,)``."""
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
@@ -358,9 +379,7 @@ class MultimodalVAE(PyroModule):
 
     def _point(self, z: Tensor, targets: Sequence[str] | None,
                private: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        names = self.names if targets is None else list(targets)
-        for t in names:
-            self.modality(t)
+        names = self.check_targets(targets)
         return {t: self.likelihoods[t].mean(self.decoders[t](self._decoder_input(t, z, private))) for t in names}
 
     def _observed_private(self, batch: MultimodalBatch, sample: bool) -> dict[str, Tensor] | None:

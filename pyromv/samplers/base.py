@@ -160,15 +160,14 @@ def private_latent_sites(model: MultimodalVAE, dataset: MultimodalDataset) -> li
 def decode_latents(
     model: MultimodalVAE, z: Tensor, sample: bool = False, targets: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
-    r"""Decode shared codes ``z`` (``(n, D)``) into every modality (or ``targets``).
+    r"""Decode shared codes ``z`` (``(n, D)``) into every modality the model generates
+    (``model.generated_modalities``; or ``targets``).
 
     ``sample=False`` returns the likelihood heads' point estimates (the means of ``p(x_m | z)``,
     the arg-max for categorical heads), ``sample=True`` one draw ``x_m \sim p(x_m | z)``. Private latents
     are drawn from their prior (by ``generate_from_shared`` when the model defines it).
     """
-    names = model.names if targets is None else list(targets)
-    for t in names:
-        model.modality(t)
+    names = model.check_targets(targets)
     hook = getattr(model, PRIVATE_HOOK, None)
     if callable(hook):
         return dict(hook(z, targets=names, sample=sample))
@@ -381,7 +380,8 @@ class LatentSampler:
         batch_size: int = 1024,
         model: MultimodalVAE | None = None,
     ) -> MultimodalDataset:
-        """``n`` synthetic rows: codes from :meth:`sample`, decoded into every modality.
+        """``n`` synthetic rows: codes from :meth:`sample`, decoded into every modality the
+        model generates (``model.generated_modalities``).
 
         Parameters
         ----------
@@ -400,7 +400,7 @@ class LatentSampler:
         Returns
         -------
         MultimodalDataset
-            Every modality observed in every row, tensors on the CPU.
+            Every generated modality observed in every row, tensors on the CPU.
         """
         self._check_fitted("generate")
         if model is not None:
@@ -417,19 +417,23 @@ class LatentSampler:
         was_training = model.training
         model.eval()
         try:
-            parts: dict[str, list[Tensor]] = {m: [] for m in model.names}
+            names = list(model.generated_modalities)
+            parts: dict[str, list[Tensor]] = {m: [] for m in names}
+            if isinstance(classifier, Mapping):  # modalities the model only conditions on are not generated
+                classifier = {m: f for m, f in classifier.items() if m in names or m not in model.names}
             labels: list[Tensor] = []
             for start in range(0, n, int(batch_size)):
                 chunk = z[start : start + int(batch_size)].to(device)
                 data = decode_latents(model, chunk, sample=sample_likelihood)
                 if classifier is not None:
                     labels.append(label_generations(data, classifier))
-                for m in model.names:
+                for m in names:
                     parts[m].append(data[m].cpu())
         finally:
             model.train(was_training)
         out = {m: torch.cat(v) for m, v in parts.items()}
-        return MultimodalDataset(model.modalities, out, labels=torch.cat(labels) if labels else None)
+        specs = [m for m in model.modalities if m.name in parts]
+        return MultimodalDataset(specs, out, labels=torch.cat(labels) if labels else None)
 
     # ------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike) -> Path:

@@ -52,6 +52,36 @@ PARTIAL = {
 }
 
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
+    "nexus": [
+        ("default", {"message_dim": 8, "top_hidden_dims": [8]}),  # forced perceptual dropout 0.2
+        ("always-drop-weights", {"dropout_rate": 1.0, "bottom_latent_dim": 2, "message_dim": 4,
+                                 "top_hidden_dims": [8], "gammas": {"cat": 5.0}, "top_beta": 0.5}),
+        ("mc-particles", {"analytic_kl": False, "num_particles": 2, "dropout_rate": 0.0, "message_dim": 4,
+                          "top_hidden_dims": []}),
+    ],
+    "cvae": [
+        ("default", {"encoder_hidden_dims": [16], "prior_hidden_dims": [16]}),  # y = img given vec, cat
+        ("no-prior-net-mc-k2", {"prior_network": False, "analytic_kl": False, "num_particles": 2,
+                                "encoder_hidden_dims": [16]}),
+        ("cat-given-vec", {"main_modality": "cat", "conditioning": ["vec"], "encoder_hidden_dims": [16],
+                           "prior_hidden_dims": [16]}),  # img ignored
+    ],
+    "jnf": [
+        ("default", {}),  # 2 MAF layers, analytic KL on Gaussian rows, PoE of bases for subsets
+        ("gaussian-mc-k2", {"flow_layers": 0, "analytic_kl": False, "num_particles": 2, "beta": 0.5}),
+        ("flows3-small", {"flow_layers": 3, "flow_hidden_dims": [6], "joint_hidden_dims": [8]}),
+    ],
+    "mhvae": [
+        ("default", {}),  # 3 levels, all 7 subsets, shared posterior blocks
+        ("capped-k2", {"max_subsets": 3, "num_particles": 2, "level_dims": [3, 2]}),  # subsets drawn per row
+        ("flat-mc-kl", {"num_levels": 1, "analytic_kl": False}),
+        ("per-modality-blocks", {"num_levels": 2, "shared_posterior_blocks": False}),
+    ],
+    "telbo": [
+        ("default", {"joint_hidden_dims": [16]}),  # lambda = gamma = 1, switch at half the epochs
+        ("weighted-mc-k2", {"joint_hidden_dims": [16], "lambda_weights": {"cat": 5.0}, "gamma_weights": {"img": 0.5},
+                            "analytic_kl": False, "num_particles": 2, "joint_epochs": 1}),
+    ],
     "cmvae": [
         ("default", {"private_latent_dim": 2, "n_clusters": 3}),  # DReG, K = 1, beta 2.5, Laplace
         ("normal-iwae-k2-learned-scale", {"private_latent_dim": 1, "distribution": "normal", "objective": "iwae",
@@ -172,11 +202,20 @@ def _has_private(model) -> bool:
     return getattr(model, "private_dim", 0) > 0
 
 
+def _gen(model) -> list[str]:
+    """The modalities the model generates (all but a conditional model's inputs)."""
+    return list(model.generated_modalities)
+
+
 def _unreached_on_complete_rows(model) -> set[str]:
     """Parameters the default objective leaves untouched (no or zero gradient) when every row
     is complete: JMVAE without its KL terms uses its unimodal encoders only for incomplete rows."""
     if isinstance(model, JMVAE) and model.config.alpha == 0:
         return {n for n, _ in model.named_parameters() if n.startswith("encoders.")}
+    if model.name == "telbo":  # stage 1 (the default loss): the joint encoder on complete rows
+        return {n for n, _ in model.named_parameters() if n.startswith("encoders.")}
+    if model.name == "jnf":  # stage 1: the joint encoder on complete rows; flows train in stage 2
+        return {n for n, _ in model.named_parameters() if n.startswith(("encoders.", "flows."))}
     if model.name == "dvcca" and model.config.poe_extension:  # other views encode rows missing the view
         return {n for n, _ in model.named_parameters()
                 if n.startswith("encoders.") and not n.startswith(f"encoders.{model.view}.")}
@@ -270,15 +309,24 @@ def test_encode_and_generation_shapes(name, cfg, partial):
     assert q.mean.shape == (B, D) and torch.isfinite(q.mean).all()
     lp = q.log_prob(z)
     assert lp.shape == (B,) and torch.isfinite(lp).all()
+    gen = _gen(model)
+    target = "img" if "img" in gen else gen[0]
     for sample in (False, True):
-        _check_outputs(model.reconstruct(batch, sample=sample), B, NAMES)
-        _check_outputs(model.cross_generate(batch, sample=sample), B, NAMES)
-        _check_outputs(model.cross_generate(batch.restrict(["vec", "cat"]), ["img"], sample), B,
-                       ["img"])
-    _check_outputs(model.generate(5), 5, NAMES)
-    _check_outputs(model.generate(2, targets=["cat"]), 2, ["cat"])
+        _check_outputs(model.reconstruct(batch, sample=sample), B, gen)
+        _check_outputs(model.cross_generate(batch, sample=sample), B, gen)
+        _check_outputs(model.cross_generate(batch.restrict([m for m in NAMES if m != target]), [target], sample),
+                       B, [target])
+    _check_outputs(model.generate(5), 5, gen)
+    one = "cat" if "cat" in gen else gen[-1]
+    _check_outputs(model.generate(2, targets=[one]), 2, [one])
     with pytest.raises(ValueError, match="nope"):
         model.cross_generate(batch, ["nope"])
+    for m in NAMES:  # a modality the model only conditions on cannot be generated
+        if m not in gen:
+            with pytest.raises(ValueError, match=f"'{m}'"):
+                model.cross_generate(batch, [m])
+            with pytest.raises(ValueError, match=f"'{m}'"):
+                model.generate(2, [m])
 
 
 @pytest.mark.parametrize("name,cfg", CASES)
@@ -288,17 +336,25 @@ def test_cross_generate_ignores_unobserved_modalities(name, cfg):
     other = _data(seed=1)
     changed = MultimodalBatch({"img": other["img"], "vec": batch.data["vec"], "cat": other["cat"]},
                               batch.obs_mask)
+    targets = [t for t in ("img", "cat") if t in _gen(model)]
+    assert targets
     # private latents of unobserved modalities are drawn from their prior: same seed, same draw
     torch.manual_seed(5)
-    out = model.cross_generate(batch, ["img", "cat"])
+    out = model.cross_generate(batch, targets)
     torch.manual_seed(5)
-    out2 = model.cross_generate(changed, ["img", "cat"])
-    for t in ("img", "cat"):
+    out2 = model.cross_generate(changed, targets)
+    for t in targets:
         assert torch.equal(out[t], out2[t]), t
     torch.testing.assert_close(model.encode(changed).mean, model.encode(batch).mean, rtol=0, atol=0)
-    # what is observed does matter
+    # what is observed does matter: to the latent, or (an input of a conditional model, whose
+    # latent may be a priori independent of it) to the generations
     moved = MultimodalBatch({**batch.data, "vec": batch.data["vec"] + 3.0}, batch.obs_mask)
-    assert not torch.equal(model.encode(moved).mean, model.encode(batch).mean)
+    if "vec" in _gen(model):
+        assert not torch.equal(model.encode(moved).mean, model.encode(batch).mean)
+    else:
+        torch.manual_seed(5)
+        out3 = model.cross_generate(moved, targets)
+        assert any(not torch.equal(out3[t], out[t]) for t in targets)
 
 
 @pytest.mark.parametrize("name,cfg", CASES)
@@ -337,16 +393,20 @@ def test_rows_observing_nothing_encode_to_the_prior(name, cfg):
     empty = model.encode(_batch(partial=False).restrict([]))
     torch.testing.assert_close(empty.log_prob(z), prior.log_prob(z).expand(7, B))
     torch.testing.assert_close(empty.mean, prior.mean.expand(B, D))
-    batch = _batch(partial=True).restrict(["cat"])
-    nothing = ~batch.row_mask("cat")
+    # the conditioning set: a modality the model generates (a conditional model's latent may be
+    # a priori independent of its inputs, so rows observing only inputs may encode to p(z) too)
+    source = "cat" if "cat" in _gen(model) else _gen(model)[0]
+    batch = _batch(partial=True).restrict([source])
+    nothing = ~batch.row_mask(source)
     assert nothing.any() and not nothing.all()
     got, expected = model.encode(batch).log_prob(z), prior.log_prob(z).expand(7, B)
     torch.testing.assert_close(got[:, nothing], expected[:, nothing])
     assert not torch.allclose(got[:, ~nothing], expected[:, ~nothing])
     if not _has_private(model):  # every such row decodes the same prior mean
-        out = model.cross_generate(batch, ["img", "vec"])
+        targets = [t for t in ("img", "vec") if t in _gen(model)] or _gen(model)
+        out = model.cross_generate(batch, targets)
         rows = nothing.nonzero().flatten()
-        for t in ("img", "vec"):
+        for t in targets:
             assert torch.equal(out[t][rows], out[t][rows[:1]].expand_as(out[t][rows])), t
 
 
@@ -371,13 +431,14 @@ def test_save_load_round_trip(name, cfg, tmp_path):
         a = getattr(model, method)(batch, sample=True)
         torch.manual_seed(1)
         b = getattr(loaded, method)(batch, sample=True)
-        for t in NAMES:
+        for t in _gen(model):
             assert torch.equal(a[t], b[t]), (method, t)
     torch.manual_seed(2)
     a = model.generate(3)
     torch.manual_seed(2)
     b = loaded.generate(3)
-    assert all(torch.equal(a[t], b[t]) for t in NAMES)
+    assert a.keys() == b.keys() == set(_gen(model))
+    assert all(torch.equal(a[t], b[t]) for t in _gen(model))
     losses = []
     for m in (model, loaded):
         torch.manual_seed(3)
@@ -440,11 +501,14 @@ def test_log_likelihood_joint_and_conditional(name, cfg):
     model = _model(name, cfg)
     batch = _batch(partial=True)
     joint = log_likelihood(model, batch, K=8, khat=False, seed=0)
-    assert torch.equal(joint.rows, torch.arange(B)) and torch.isfinite(joint.values).all()
+    # every row observing a modality the model generates (a conditional model: its output)
+    scored = torch.stack([batch.row_mask(m) for m in _gen(model)]).any(0).nonzero().flatten()
+    assert torch.equal(joint.rows, scored) and torch.isfinite(joint.values).all()
     again = log_likelihood(model, batch, K=8, khat=False, seed=0)
     assert torch.equal(joint.values, again.values)  # seeded
-    cond = log_likelihood(model, batch, K=8, given=["vec"], targets=["img"], khat=False, seed=0)
-    both = (batch.row_mask("vec") & batch.row_mask("img")).nonzero().flatten()
+    target = "img" if "img" in _gen(model) else _gen(model)[0]
+    cond = log_likelihood(model, batch, K=8, given=["vec"], targets=[target], khat=False, seed=0)
+    both = (batch.row_mask("vec") & batch.row_mask(target)).nonzero().flatten()
     assert torch.equal(cond.rows, both) and torch.isfinite(cond.values).all()
     # a row's joint estimate depends only on what it observes
     other = _data(seed=4)
@@ -469,7 +533,12 @@ def test_coherence(name, cfg):
     }
     result = cross_coherence(model, batch, first_pixel)
     assert result.by_size and all(0.0 <= v <= 1.0 for v in result.by_size.values())
-    assert 0.0 <= joint_coherence(model, first_pixel, n=16) <= 1.0
+    assert all(set(v) <= set(_gen(model)) for v in result.by_pair.values())
+    if len(_gen(model)) > 1:
+        assert 0.0 <= joint_coherence(model, first_pixel, n=16) <= 1.0
+    else:  # one generated modality: nothing to agree with
+        with pytest.raises(ValueError, match="two generated modalities"):
+            joint_coherence(model, first_pixel, n=16)
     # every row of class 0: a classifier always answering 0 is always right, one answering 1 never
     zeros = MultimodalBatch(batch.data, batch.obs_mask, torch.zeros(B, dtype=torch.long))
     for answer, expected in ((0, 1.0), (1, 0.0)):
@@ -491,7 +560,7 @@ def test_samplers_generate_data(name, cfg, sampler):
     fitted = build_sampler(sampler, **({"n_components": 2} if sampler == "gmm" else {})).fit(model, data)
     synthetic = fitted.generate(5)
     assert len(synthetic) == 5
-    _check_outputs(synthetic.batch().data, 5, NAMES)
+    _check_outputs(synthetic.batch().data, 5, _gen(model))
     if sampler == "prior":
         z = 2.0 * torch.randn(7, D)
         torch.testing.assert_close(fitted.log_density(z), model.prior().log_prob(z))

@@ -11,7 +11,7 @@ from pyromv.infer import ELBO
 from pyromv.models import MVAE, MVAEConfig
 from pyromv.models.io import load_weights
 from pyromv.training import Stage, Trainer, frozen_except
-from tests.training.test_trainer import _assert_same_state, _config, _dataset, _losses, MODS, D
+from tests.training.test_trainer import MODS, D, _assert_same_state, _config, _dataset, _losses
 
 
 class TwoStageMVAE(MVAE):
