@@ -11,7 +11,6 @@ from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 
 from ..data.batch import MultimodalBatch
-from ..distributions.fusion import ProductOfExperts
 from ..infer import ELBO
 from .base import MultimodalVAE
 from .config import ModelConfig
@@ -70,14 +69,10 @@ class JMVAE(JointEncoderMixin, MultimodalVAE):
         self._build_joint_encoder(self.config.joint_hidden_dims)
 
     def _posterior_parts(self, batch: MultimodalBatch):
-        loc, scale, mask = self.experts(batch)
-        complete = self.complete_rows(mask)
-        p_loc, p_scale, p_mask = self._prior_for_empty_rows(loc, scale, mask)
-        poe = ProductOfExperts(p_loc, p_scale, p_mask, include_prior=False)
+        loc, scale, mask = experts = self.experts(batch)
+        q_loc, q_scale, complete = self.joint_or_product(batch, experts)
         j_loc, j_scale = self.joint_params(batch)
-        fused = dist.Normal(torch.where(complete.unsqueeze(-1), j_loc, poe.loc),
-                            torch.where(complete.unsqueeze(-1), j_scale, poe.scale)).to_event(1)
-        return fused, (j_loc, j_scale), (loc, scale), complete
+        return dist.Normal(q_loc, q_scale).to_event(1), (j_loc, j_scale), (loc, scale), complete
 
     def posterior(self, batch: MultimodalBatch) -> dist.TorchDistribution:
         """``q(z | X)`` for complete rows, the product of observed unimodal experts otherwise."""

@@ -136,13 +136,8 @@ class JNF(JointEncoderMixin, MultimodalVAE):
         observed bases elsewhere, the prior on empty rows), the unimodal flow posteriors, and
         each row's choice: ``0`` Gaussian, ``1 + j`` the flow of modality ``j`` (rows observing
         it alone)."""
-        loc, scale, mask = self.experts(batch)
-        complete = self.complete_rows(mask)
-        p_loc, p_scale, p_mask = self._prior_for_empty_rows(loc, scale, mask)
-        poe = ProductOfExperts(p_loc, p_scale, p_mask, include_prior=False)
-        j_loc, j_scale = self.joint_params(batch)
-        g_loc = torch.where(complete.unsqueeze(-1), j_loc, poe.loc)
-        g_scale = torch.where(complete.unsqueeze(-1), j_scale, poe.scale)
+        loc, scale, mask = experts = self.experts(batch)
+        g_loc, g_scale, complete = self.joint_or_product(batch, experts)
         single = (mask.sum(-1) == 1) & ~complete
         choice = torch.where(single, 1 + mask.long().argmax(-1), torch.zeros_like(single, dtype=torch.long))
         flows = [self.unimodal_posterior(loc[:, j], scale[:, j], m) for j, m in enumerate(self.names)]

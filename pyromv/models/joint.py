@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..data.batch import MultimodalBatch
+from ..distributions.fusion import ProductOfExperts
 from ..nn.mlp import MLPEncoder
 
 
@@ -34,3 +35,17 @@ class JointEncoderMixin:
     def complete_rows(mask: Tensor) -> Tensor:
         """``(B,)``: the rows whose expert mask ``(B, M)`` observes every modality."""
         return mask.all(-1)
+
+    def joint_or_product(
+        self, batch: MultimodalBatch, experts: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The house rule of joint-encoder models with missing data: ``(loc, scale)`` ``(B, D)``
+        of the joint encoder on complete rows, of the product of the observed unimodal experts
+        (no prior expert) elsewhere, of the prior on rows observing nothing; and the ``(B,)``
+        mask of complete rows. ``experts`` (``model.experts(batch)``) when already computed."""
+        loc, scale, mask = self.experts(batch) if experts is None else experts
+        complete = self.complete_rows(mask)
+        poe = ProductOfExperts(*self._prior_for_empty_rows(loc, scale, mask), include_prior=False)
+        j_loc, j_scale = self.joint_params(batch)
+        keep = complete.unsqueeze(-1)
+        return torch.where(keep, j_loc, poe.loc), torch.where(keep, j_scale, poe.scale), complete

@@ -13,7 +13,6 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 from ..data.batch import MultimodalBatch
-from ..distributions.fusion import ProductOfExperts
 from ..infer import ELBO
 from .base import MultimodalVAE
 from .config import ModelConfig
@@ -140,14 +139,10 @@ class TELBO(JointEncoderMixin, MultimodalVAE):
     def posterior(self, batch: MultimodalBatch) -> dist.TorchDistribution:
         """``q(z | X)`` (joint encoder) on complete rows, the product of the observed unimodal
         experts on the others, the prior on rows observing nothing."""
-        j_loc, j_scale = self.joint_params(batch)
         if all(bool(batch.row_mask(m).all()) for m in self.names):
-            return dist.Normal(j_loc, j_scale).to_event(1)
-        loc, scale, mask = self.experts(batch)
-        complete = self.complete_rows(mask).unsqueeze(-1)
-        poe = ProductOfExperts(*self._prior_for_empty_rows(loc, scale, mask), include_prior=False)
-        return dist.Normal(torch.where(complete, j_loc, poe.loc),
-                           torch.where(complete, j_scale, poe.scale)).to_event(1)
+            return dist.Normal(*self.joint_params(batch)).to_event(1)
+        loc, scale, _ = self.joint_or_product(batch)
+        return dist.Normal(loc, scale).to_event(1)
 
     # ------------------------------------------------------------------ stage 1
     def model(self, batch: MultimodalBatch) -> None:

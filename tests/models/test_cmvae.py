@@ -103,22 +103,24 @@ def _clustered_data(n_per=40, seed=0):
     return MultimodalDataset(mods, data, labels=labels), mods
 
 
-def _identity_encoders(model):
+def _clustered_model():
+    """The data above and a CMVAE whose codes are the data (identity encoders) with six
+    clusters: three on the centres (indices 2-4) and three decoys."""
+    data, mods = _clustered_data()
+    torch.manual_seed(0)
+    model = CMVAE(mods, CMVAEConfig(latent_dim=2, private_latent_dim=2, n_clusters=6))
     with torch.no_grad():
         for m in model.names:
             model.encoders[m].linear.weight.copy_(torch.eye(2))
             model.encoders[m].linear.bias.zero_()
+        model.cluster_means.copy_(torch.cat([DECOYS[:2], CENTERS, DECOYS[2:]]))
+    return data, model
 
 
 def test_pruning_selects_the_number_of_clusters_in_the_data():
     """Six clusters, three on the data's centres and three decoys far away: the selection keeps
     exactly the three centres, and the model's own clusters then recover the labels."""
-    data, mods = _clustered_data()
-    torch.manual_seed(0)
-    model = CMVAE(mods, CMVAEConfig(latent_dim=2, private_latent_dim=2, n_clusters=6))
-    _identity_encoders(model)
-    with torch.no_grad():
-        model.cluster_means.copy_(torch.cat([DECOYS[:2], CENTERS, DECOYS[2:]]))
+    data, model = _clustered_model()
     before = model_clusters(model, data)
     assert before["n_clusters"] == 6
     result = model.prune_clusters(data)
@@ -136,12 +138,7 @@ def test_pruning_selects_the_number_of_clusters_in_the_data():
 
 
 def test_model_clusters_prunes_a_copy_and_reports_the_selection():
-    data, mods = _clustered_data()
-    torch.manual_seed(0)
-    model = CMVAE(mods, CMVAEConfig(latent_dim=2, private_latent_dim=2, n_clusters=6))
-    _identity_encoders(model)
-    with torch.no_grad():
-        model.cluster_means.copy_(torch.cat([DECOYS[:2], CENTERS, DECOYS[2:]]))
+    data, model = _clustered_model()
     out = model_clusters(model, data, prune_on=data)
     assert out["selection"]["n_clusters"] == 3 and out["n_clusters"] == 3
     assert out["nmi"] == pytest.approx(1.0)
