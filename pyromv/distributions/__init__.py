@@ -1,7 +1,8 @@
-"""Likelihood heads and fusion distributions (product and mixture of experts)."""
+"""Likelihood heads, fusion distributions (product and mixture of experts) and flow posteriors."""
 
 from .detach import detach_distribution
 from .dropout import ImproperLogUniform, VariationalDropoutNormal, log_uniform_kl
+from .flow_posterior import EmpiricalRows, RowwiseChoice, flow_posterior, masked_autoregressive_flow
 from .fusion import (
     AssignedMixture,
     MixtureOfExperts,
@@ -22,12 +23,14 @@ from .tabular import MixedColumns, TabularHead
 
 __all__ = [
     "AssignedMixture",
+    "EmpiricalRows",
     "GatheredLikelihood",
     "ImproperLogUniform",
     "LikelihoodHead",
     "MixedColumns",
     "MixtureOfExperts",
     "ProductOfExperts",
+    "RowwiseChoice",
     "SharedScaleLaplace",
     "SharedScaleNormal",
     "StratifiedMixture",
@@ -36,7 +39,9 @@ __all__ = [
     "assign_components",
     "build_likelihood",
     "detach_distribution",
+    "flow_posterior",
     "log_uniform_kl",
+    "masked_autoregressive_flow",
     "register_likelihood",
     "registered_likelihoods",
     "select_component",
