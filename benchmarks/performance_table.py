@@ -29,9 +29,9 @@ def _time(fn, repeats: int) -> list[float]:
     return out
 
 
-def _peak_step_memory_mb(model_name: str, setting_name: str, batch_size: int, impl: str) -> float:
+def _peak_step_memory_mb(model_name: str, setting_name: str, batch_size: int, impl: str, threads: int = 1) -> float:
     """Peak resident set size during 3 steps above the resident size just before them, in a fresh
-    interpreter (MiB).
+    interpreter with ``threads`` torch threads (those of the timings) (MiB).
 
     torch's CPU allocator keeps no peak statistic and ``ru_maxrss`` remembers the import-time
     peak, so a thread samples ``/proc/self/statm`` every 0.2 ms while the steps run.
@@ -39,7 +39,7 @@ def _peak_step_memory_mb(model_name: str, setting_name: str, batch_size: int, im
     code = (
         "import gc, os, threading, time, torch, pyro\n"
         "from benchmarks.steps import make, setting, pyromv_step, reference_step\n"
-        f"torch.set_num_threads(1); mods, batch = setting({setting_name!r}, {batch_size})\n"
+        f"torch.set_num_threads({int(threads)}); mods, batch = setting({setting_name!r}, {batch_size})\n"
         f"model, ref = make({model_name!r}, mods); opt = torch.optim.Adam(model.parameters())\n"
         "loss = model.default_loss(); pyro.enable_validation(False)\n"
         f"step = pyromv_step if {impl!r} == 'pyromv' else reference_step\n"
@@ -76,10 +76,10 @@ def main() -> None:
     for setting_name in args.settings:
         for batch_size in args.batch_sizes:
             for name in args.models:
-                print(_row(name, setting_name, batch_size, args.repeats), flush=True)
+                print(_row(name, setting_name, batch_size, args.repeats, args.threads), flush=True)
 
 
-def _row(name: str, setting_name: str, batch_size: int, repeats: int) -> str:
+def _row(name: str, setting_name: str, batch_size: int, repeats: int, threads: int = 1) -> str:
     mods, batch = setting(setting_name, batch_size)
     torch.manual_seed(0)
     model, reference = make(name, mods)
@@ -103,8 +103,9 @@ def _row(name: str, setting_name: str, batch_size: int, repeats: int) -> str:
             if reference:
                 t_ref += _time(ref, 1)
     gc.collect()
-    peak = _peak_step_memory_mb(name, setting_name, batch_size, "pyromv")
-    ref_peak = f"{_peak_step_memory_mb(name, setting_name, batch_size, 'reference'):.0f}" if reference else "—"
+    peak = _peak_step_memory_mb(name, setting_name, batch_size, "pyromv", threads)
+    ref_peak = (f"{_peak_step_memory_mb(name, setting_name, batch_size, 'reference', threads):.0f}"
+                if reference else "—")
     ms = statistics.median(t_ours) * 1e3
     if reference:
         ref_ms = statistics.median(t_ref) * 1e3

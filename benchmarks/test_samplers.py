@@ -8,7 +8,8 @@ import torch
 
 from pyromv.samplers import build_sampler
 
-torch.set_num_threads(1)
+THREADS = 1  # docs/performance.md: one torch thread
+torch.set_num_threads(THREADS)
 
 
 def _codes() -> torch.Tensor:

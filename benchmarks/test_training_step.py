@@ -10,7 +10,8 @@ import torch
 
 from .steps import MODELS, make, pyromv_step, reference_step, setting
 
-torch.set_num_threads(1)  # as docs/performance.md states
+THREADS = 1  # docs/performance.md: one torch thread
+torch.set_num_threads(THREADS)
 
 
 @pytest.mark.parametrize("setting_name", ["mlp784", "polydigits"])

@@ -111,6 +111,7 @@ def test_elbo_analytic_and_monte_carlo_agree_with_closed_form():
             )
         estimates[analytic] = (vals.mean().item(), (vals.std() / math.sqrt(R)).item())
         mean, se = estimates[analytic]
+        # statistical check: 5 SE two-sided: false-alarm rate 5.7e-7 (normal approx.)
         assert abs(mean - expected) < 5 * se + 1e-3 * abs(expected), (analytic, mean, se, expected)
     (ma, sa), (mm, sm) = estimates[True], estimates[False]
     assert abs(ma - mm) < 5 * math.hypot(sa, sm) + 1e-3 * abs(expected)
@@ -437,6 +438,7 @@ def test_random_subsets_are_uniform_over_middle_sizes(observed):
     expected = k / len(middle)
     sd = math.sqrt(k * (1 / len(middle)) * (1 - 1 / len(middle)))
     for s in middle:
+        # statistical check: 5 SE two-sided: false-alarm rate 5.7e-7 (normal approx.)
         assert abs(counts[s] - expected) < 5 * sd
 
 

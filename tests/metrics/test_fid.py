@@ -110,3 +110,49 @@ def test_inception_features_from_a_saved_state_dict(tmp_path):
     torch.testing.assert_close(features, rgb)  # one channel is read as three equal ones
     with pytest.raises(ValueError, match="images"):
         extractor(torch.rand(2, 64))
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` weights of bilinear resizing with half-pixel centres (``align_corners=False``):
+    output ``i`` reads source coordinate ``max((i + 1/2) n_in / n_out - 1/2, 0)``, split between
+    its two neighbours (the last pixel repeated past the edge)."""
+    out = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = min(int(src), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        frac = src - lo
+        out[i, lo] += 1 - frac
+        out[i, hi] += frac
+    return out
+
+
+@pytest.mark.slow
+def test_inception_preprocessing_matches_a_hand_preprocessed_input(tmp_path):
+    """Grey ``[0, 1]`` images -> three equal channels -> 299x299 bilinear -> ImageNet
+    normalisation -> the network up to its pool: the extractor equals the same (random) network
+    fed with that input built by hand (a separable interpolation matrix, literal statistics)."""
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    net = inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=True)
+    path = tmp_path / "inception.pth"
+    torch.save(net.state_dict(), path)
+    extractor = InceptionFeatures(path)
+    net.fc = torch.nn.Identity()
+    net.eval()
+
+    grey = torch.rand(1, 1, 7, 5)
+    rows, cols = _bilinear_matrix(7, 299), _bilinear_matrix(5, 299)
+    big = rows @ grey[0, 0] @ cols.T  # (299, 299)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    by_hand = ((big[None] - mean[:, None, None]) / std[:, None, None])[None]
+    with torch.no_grad():
+        expected = net(by_hand)
+        got = extractor(grey)
+    assert got.shape == (1, 2048) and expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # an input that skipped the normalisation gives other features (the check can fail)
+    with torch.no_grad():
+        unnormalised = net(big.expand(1, 3, 299, 299))
+    assert not torch.allclose(got, unnormalised, rtol=1e-3, atol=1e-4)

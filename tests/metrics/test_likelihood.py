@@ -30,6 +30,7 @@ def test_khat_estimates_the_pareto_shape_of_the_weights(xi):
     k = pareto_khat(_gpd_log_weights(xi, K=4000, B=4, seed=1))
     assert k.shape == (4,)
     # PSIS fits the tail of exactly this family; its sampling sd at K=4000 is ~0.05
+    # statistical check: 0.2 is 4 sd: false-alarm rate 6.3e-5 per estimate, 12 estimates (normal approx.)
     np.testing.assert_allclose(k, xi, atol=0.2)
 
 

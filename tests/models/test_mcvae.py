@@ -146,6 +146,7 @@ def test_one_channel_is_the_plain_vae_elbo():
     closed = lg.elbo(data, loc.detach(), scale.detach()).sum()
     est = _estimates(model, batch)
     assert est.std() > 0
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(est.mean() - closed) < 4 * est.std() / math.sqrt(len(est))
     assert (lg.elbo(data, loc.detach(), scale.detach()) < lg.log_marginal(data)).all()
 
@@ -165,12 +166,14 @@ def test_loss_is_the_sum_of_the_channels_elbos(rows):
     closed = per_channel.sum()
     est = _estimates(model, batch, particles=200)
     se = est.std() / math.sqrt(len(est))
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(est.mean() - closed) < 4 * se
     # power: the KL counted once per pair of channels (|O| times per channel) is far off
     kl = torch.stack([torch.where(masks[m], _gaussian_kl_to_prior(*model.encoders[m](data[m])).detach(), 0.0)
                       for m in model.names])
     nobs = sum(masks[m].double() for m in lg.names)
     heavy = closed - ((nobs - 1) * kl).sum()
+    # statistical check: detection at 10 SE: an absent difference would pass with probability 7.6e-24
     assert abs(closed - heavy) > 10 * se
 
 
@@ -196,7 +199,9 @@ def test_evaluation_bound_is_below_log_p_per_row():
             again = bound.per_datum(model.model, model.guide, batch).reshape(reps, N)
         mean, se = values.mean(0), values.std(0) / math.sqrt(reps)
         closed = _channel_elbos(model, lg, data, masks).sum(0) / nobs
+        # statistical check: 4.5 SE two-sided: false-alarm rate 6.8e-6 per entry, summed over entries (normal approx.)
         assert ((mean - closed).abs() <= 4.5 * se + 1e-9).all()
+        # statistical check: 4.5 SE one-sided: false-alarm rate 3.4e-6 per entry, summed over entries (normal approx.)
         assert (mean <= log_p + 4.5 * se + 1e-9).all()  # a bound, row by row
         assert (closed[nobs > 1] < log_p[nobs > 1] - 1e-3).all()
         gap = (log_p - again.mean(0))[nobs > 1]

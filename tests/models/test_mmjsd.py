@@ -241,7 +241,9 @@ def test_reported_bound_is_below_log_p_on_the_linear_gaussian_oracle():
     n_obs = sum(v.long() for v in masks.values())
     single = n_obs == 1
     torch.testing.assert_close(mean[single], log_p[single], rtol=0, atol=1e-8)
+    # statistical check: 4 SE one-sided: false-alarm rate 3.2e-5 per entry, summed over entries (normal approx.)
     assert ((mean - log_p)[~single] < 4 * se[~single]).all()
+    # statistical check: detection at 4 SE: an absent effect would pass with probability 3.2e-5
     assert ((log_p - mean)[~single] > 4 * se[~single]).float().mean() > 0.9
     # hand-drawn: z ~ q_e per observed expert, weight 1/|O|, log p(X, z) - log mixture(z)
     loc, scale, mask = (t.detach() for t in model.experts(make_batch(model.modalities, data, masks)))

@@ -214,6 +214,7 @@ def assert_objective_matches(model, closed: torch.Tensor, reps: int = 40, repeat
                             for _ in range(repeats)])
     mean, se = mean_se(est)
     assert se > 0
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(mean - closed.sum().item()) < 4 * se + 1e-9
 
 
@@ -239,6 +240,7 @@ def assert_reported_elbo_below_log_p(model) -> None:
     log_p = lg.log_marginal(data, masks)
     assert (elbo < log_p).all()
     mean, se = mean_se(log_p - elbo)
+    # statistical check: detection at 4 SE: an absent effect would pass with probability 3.2e-5
     assert mean > 4 * se
     _, _, big = oracle_batch(model, reps=40)
     loss = model.evaluation_loss()
@@ -246,6 +248,7 @@ def assert_reported_elbo_below_log_p(model) -> None:
         est = torch.tensor([-loss.loss(model.evaluation_model(), model.evaluation_guide(), big) / 40
                             for _ in range(6)])
     mean, se = mean_se(est)
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(mean - elbo.sum().item()) < 4 * se
     assert mean < log_p.sum().item()
 

@@ -288,6 +288,7 @@ def test_gaussian_guide_elbo_matches_closed_form(name):
     loss = ELBO(num_particles=50, max_plate_nesting=1)
     est = torch.tensor([-loss.loss(model.model, model.guide, batch) / N for _ in range(8)])
     assert est.std() > 0
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(est.mean() - closed.mean()) < 4 * est.std() / math.sqrt(len(est))
 
 
@@ -299,8 +300,10 @@ def test_mmvae_stratified_elbo_is_the_mixture_elbo():
     ours = _per_datum(StratifiedELBO(num_particles=50, max_plate_nesting=2), model, data, masks)
     hand, _ = _hand_elbo(model, data, masks, K=2000)
     mean, se = _mean_se(ours - hand)
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(mean) < 4 * se
     mean, se = _mean_se(_lg().log_marginal(data, masks) - ours)
+    # statistical check: detection at 4 SE: an absent effect would pass with probability 3.2e-5
     assert mean > 4 * se
 
 
@@ -330,14 +333,18 @@ def test_mopoe_elbo_is_the_weighted_per_subset_elbo(objective):
             ours = lw[0].reshape(reps, -1).mean(0)  # Monte Carlo KL: log q_a(z) - log p(z)
             analytic = -torch.tensor([loss.loss(model.model, model.guide, batch) / reps for _ in range(8)])
         mean, se = _mean_se(analytic)
+        # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
         assert abs(mean - closed.sum().item()) < 4 * se
     mean, se = _mean_se(ours - closed)
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(mean) < 4 * se
     mixture, mixture_se = _hand_elbo(model, data, masks, K=800)
     multi = _nobs(masks) > 1
     mean, se = _mean_se((mixture - closed)[multi])
+    # statistical check: detection at 4 SE: an absent effect would pass with probability 3.2e-5
     assert mean > 4 * se
     one = (mixture - closed)[~multi] / mixture_se[~multi]  # one subset: the same q, so equal
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(one.mean()) < 4 / math.sqrt(len(one))
 
 
@@ -446,23 +453,28 @@ def test_bounds_are_ordered_and_converge(name):
     torch.testing.assert_close(b["per_datum_1000"], b[1000], rtol=0, atol=EXACT)
     # ELBO = IWAE_1 in expectation (K = 1 is the ELBO of the same guide)
     mean, se = _mean_se(b[1] - b["elbo"])
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(mean) < 4 * se, (mean, se)
     # strictly increasing in K: IWAE_1 < IWAE_10 < IWAE_100, each gap > 5 Monte Carlo SE
     for k1, k2 in [(1, 10), (10, 100)]:
         total, se = _increase(*b["weights"], k1, k2)
+        # statistical check: detection at 5 SE: an absent effect would pass with probability 2.9e-7
         assert total > 5 * se, (k1, k2, total, se)
     # the library's IWAE_1000 agrees with the independent importance sampler
     mean, se = _mean_se(b[1000] - b["hand_1000"])
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(mean) < 4 * se, (mean, se)
     # IWAE_1000 sits within its delta-method bias of its limit (log p for one proposal)
     if name not in MIXTURES:  # a mixture's broad experts give a few strata an ESS of about 5
         assert b["ess_1000"] > 20  # enough effective samples for the delta method
     bias = b["bias_1000"].mean().item()
     mean, se = _mean_se(b["limit"] - b[1000])
+    # statistical check: two one-sided 4-SE limits: false-alarm rate 2 x 3.2e-5 (normal approx.)
     assert -4 * se < mean < bias + 4 * se, (mean, bias, se)
     assert bias + 4 * se < 0.05
     # ... and below log p
     mean, se = _mean_se(b["log_p"] - b[1000])
+    # statistical check: 4 SE one-sided: false-alarm rate 3.2e-5 (normal approx.)
     assert mean > -4 * se
 
 
@@ -476,11 +488,14 @@ def test_stratified_iwae_limit_is_below_log_p(name):
     multi = _nobs(masks) > 1
     torch.testing.assert_close(b["limit"][~multi], b["log_p"][~multi], rtol=0, atol=EXACT)
     mean, se = _mean_se((b["log_p"] - b["limit"])[multi])
+    # statistical check: detection at 6 SE: an absent effect would pass with probability 1.0e-9
     assert mean > 6 * se and mean > 0.1, (mean, se)
     mean, se = _mean_se((b["log_p"] - b[1000])[multi])
+    # statistical check: detection at 6 SE: an absent effect would pass with probability 1.0e-9
     assert mean > 6 * se and mean > 0.1, (mean, se)
     # one-expert rows: IWAE_1000 within bias + 4 SE of log p itself
     mean, se = _mean_se((b["log_p"] - b[1000])[~multi])
+    # statistical check: two one-sided 4-SE limits: false-alarm rate 2 x 3.2e-5 (normal approx.)
     assert -4 * se < mean < b["bias_1000"][~multi].mean().item() + 4 * se
 
 
@@ -502,4 +517,5 @@ def test_log_likelihood_estimates_log_p_for_every_fusion(name):
     gap = (log_p - ll.values).mean().item()
     se = (log_p - ll.values).std().item() / math.sqrt(len(log_p))
     # the estimate is biased low by O(Var(w)/K): allow 0.05 nats/row plus 4 standard errors
+    # statistical check: two one-sided 4-SE limits: false-alarm rate 2 x 3.2e-5 (normal approx.)
     assert -4 * se <= gap <= 0.05 + 4 * se

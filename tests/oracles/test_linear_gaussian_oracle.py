@@ -157,6 +157,7 @@ def test_exact_guide_analytic_kl_elbo_is_log_marginal_in_expectation():
     est = torch.tensor([-loss.loss(model.model, model.guide, batch) for _ in range(30)])
     se = est.std().item() / math.sqrt(len(est))
     assert se > 0  # the estimator does vary: this is a genuine Monte Carlo check
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs(est.mean().item() - log_p) < 4 * se
 
 
@@ -230,6 +231,7 @@ def test_exact_guide_decoder_gradient_is_the_score(objective):
     score = torch.cat([t.grad.flatten() for m in DIMS for t in (W[m], b[m])])
     se = grads.std(0) / math.sqrt(len(grads))
     assert (score.abs() > 1).any()  # a non-trivial gradient
+    # statistical check: 5 SE two-sided: false-alarm rate 5.7e-7 per entry, summed over entries (normal approx.)
     assert ((grads.mean(0) - score).abs() <= 5 * se + 1e-8).all(), (grads.mean(0) - score) / se
 
 
@@ -256,6 +258,7 @@ def test_exact_guide_encoder_gradient_vanishes(objective):
     else:
         se = grads.std(0) / math.sqrt(len(grads))
         assert se.max() > 1e-3  # the standard estimator is noisy: a genuine Monte Carlo check
+        # statistical check: 5 SE two-sided: false-alarm rate 5.7e-7 per entry, summed over entries (normal approx.)
         assert (grads.mean(0).abs() <= 5 * se + 1e-8).all(), grads.mean(0) / se
 
 
@@ -301,14 +304,17 @@ def test_inexact_guide_bounds_are_ordered():
 
     # the Monte Carlo ELBO (mean log-weight) is unbiased for the closed-form ELBO
     se_mc = (lw.var(0) / K).sum().sqrt().item() / B
+    # statistical check: 4 SE two-sided: false-alarm rate 6.3e-5 (normal approx.)
     assert abs((bounds[1] - elbo).mean().item()) < 4 * se_mc
     # ... and so is the objective's analytic-KL estimate (R independent repeats)
     loss = ELBO(num_particles=100, max_plate_nesting=1)
     est = torch.tensor([-loss.loss(model.model, model.guide, batch) / B for _ in range(10)])
+    # statistical check: 5 SE two-sided: false-alarm rate 5.7e-7 (normal approx.)
     assert abs(est.mean().item() - elbo.mean().item()) < 5 * est.std().item() / math.sqrt(10)
     # strictly increasing in K
     for k1, k2 in [(1, 10), (10, 100), (100, 1000)]:
         mean, se = mean_se(bounds[k2] - bounds[k1])
+        # statistical check: detection at 3 SE: an absent effect would pass with probability 1.3e-3
         assert mean > 3 * se, (k1, k2, mean, se)
     # IWAE_1000 is within its (delta-method) bias plus 4 standard errors of log p:
     # E[log p - IWAE_K] ~ Var_q(w / p) / (2K), estimated from the normalised weights.
@@ -317,6 +323,7 @@ def test_inexact_guide_bounds_are_ordered():
     assert ess.min() > 50  # the delta method needs enough effective samples
     bias = (w_norm.var(0) / (2 * K)).mean().item()
     mean, se = mean_se(log_p - bounds[K])
+    # statistical check: two one-sided 4-SE limits: false-alarm rate 2 x 3.2e-5 (normal approx.)
     assert -4 * se < mean < bias + 4 * se, (mean, bias, se)
     assert bias + 4 * se < 0.05  # the tolerance is small in absolute terms
     # IWAE's objective is -sum of the per-datum bound of its own log-weights (same draws)
@@ -478,6 +485,7 @@ def test_feature_mask_elbo_matches_closed_form_for_any_guide():
         lw = IWAE(num_particles=K, max_plate_nesting=1).log_weights(model.model, model.guide, batch)
     se = (lw.var(0) / K).sqrt()
     # rows that observe whole modalities only have an exact guide: zero variance, hence + EXACT
+    # statistical check: 5 SE two-sided: false-alarm rate 5.7e-7 per entry, summed over entries (normal approx.)
     assert ((lw.mean(0) - elbo).abs() < 5 * se + EXACT).all()
     log_p = lg.log_marginal(data, masks)
     assert (elbo <= log_p + EXACT).all() and (elbo < log_p - 1e-3).any()

@@ -81,7 +81,7 @@ def test_gmm_recovers_the_density(density):
     k, tol = (2, 0.05) if density == "mixture" else (6, 0.1)
     sampler = GaussianMixtureSampler(n_components=k).fit_codes(train)
     gap, se = _gap(sampler, test, log_prob)
-    assert -4 * se < gap < tol
+    assert -4 * se < gap < tol  # lower side: false-alarm rate 3.2e-5 (one-sided normal, 4 SE)
 
 
 @pytest.mark.slow
@@ -91,13 +91,13 @@ def test_flows_recover_the_density(cls, density):
     train, test, log_prob = _data(density)
     sampler = cls(**FLOW).fit_codes(train)
     gap, se = _gap(sampler, test, log_prob)
-    assert -4 * se < gap < 0.15
-    if density == "banana":
-        # far better than the best single Gaussian (the flow learned the curvature)
-        gauss = MultivariateNormal(train.mean(0), torch.cov(train.T))
-        gauss_gap = float((log_prob(test) - gauss.log_prob(test)).mean())
-        assert gauss_gap > 1.0
-        assert gap < gauss_gap / 8
+    assert -4 * se < gap < 0.15  # lower side: false-alarm rate 3.2e-5 (one-sided normal, 4 SE)
+    # far better than the best single Gaussian: the flow learned the curvature (banana, gap 1.23)
+    # or the two modes (mixture, gap 0.26; the flows measured 0.047 and 0.074), not just the moments
+    gauss = MultivariateNormal(train.mean(0), torch.cov(train.T))
+    gauss_gap = float((log_prob(test) - gauss.log_prob(test)).mean())
+    assert gauss_gap > (1.0 if density == "banana" else 0.2)
+    assert gap < gauss_gap / (8 if density == "banana" else 3)
 
 
 @pytest.mark.parametrize("cls", [MAFSampler, IAFSampler, GaussianMixtureSampler])
@@ -120,6 +120,8 @@ def test_samples_follow_the_fitted_density():
     torch.manual_seed(0)
     draws = sampler.sample(20000)
     true_mean = (W[:, None] * MU).sum(0)
+    # SE of a coordinate's mean: sd / sqrt(20000) <= 1.63 / 141 = 0.0115, so 0.05 is >= 4.3 SE:
+    # false-alarm rate < 2e-5 per coordinate (two-sided normal), plus the fit's own small error
     assert torch.allclose(draws.mean(0), true_mean, atol=0.05)
     assert draws.dtype == torch.get_default_dtype()
 

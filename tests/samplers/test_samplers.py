@@ -159,6 +159,8 @@ def test_prior_sampler_is_the_model_prior():
     assert torch.allclose(sampler.log_density(z), expected)
     torch.manual_seed(0)
     draws = sampler.sample(20000)
+    # statistical check: SE of a sample sd is 2 / sqrt(2 x 20000) = 0.01, so 0.05 is 5 SE: false-alarm rate
+    # 5.7e-7 per coordinate (normal approx.)
     assert torch.allclose(draws.std(0), torch.full((D,), 2.0), atol=0.05)
 
 
@@ -176,6 +178,8 @@ def test_prior_sampler_keeps_a_laplace_prior(tmp_path):
     assert loaded.family == "laplace" and torch.allclose(loaded.log_density(z), expected)
     torch.manual_seed(0)
     draws = sampler.sample(20000)
+    # statistical check: |z| is exponential (mean = sd = 0.5), SE 0.5 / sqrt(20000) = 0.0035, so 0.02 is 5.7 SE:
+    # false-alarm rate 1.5e-8 per coordinate (normal approx.)
     assert torch.allclose(draws.abs().mean(0), torch.full((D,), 0.5), atol=0.02)  # E|z| = b
     with pytest.raises(ValueError, match="family"):
         PriorSampler(family="cauchy")
@@ -289,6 +293,8 @@ def test_generate_can_sample_the_likelihood():
     draws = sampler.generate(200, sample_likelihood=True)
     # same codes; the normal head adds noise of scale 0.5 around the means
     noise = draws.data["vec"] - means.data["vec"]
+    # statistical check: 600 noise entries, SE of their sd 0.5 / sqrt(1200) = 0.014, so rel=0.1 is 3.5 SE:
+    # false-alarm rate 5e-4 (normal approx.)
     assert noise.std() == pytest.approx(0.5, rel=0.1)
 
 

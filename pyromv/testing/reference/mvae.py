@@ -1,7 +1,10 @@
-"""MVAE's joint ELBO and sub-sampled objective in plain torch."""
+"""MVAE's joint ELBO, IWAE and sub-sampled objective in plain torch."""
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.distributions as D
 from torch import Tensor
 
@@ -36,3 +39,16 @@ def mvae_reference_loss(model, batch: MultimodalBatch, num_random_subsets: int |
     recon = log_likelihood(model, batch, z, term_masks)
     kl = gaussian_kl(mu, sigma, model.prior_loc, model.prior_scale)
     return -(recon - model.config.beta * kl).sum()
+
+
+def mvae_iwae_reference(model, batch: MultimodalBatch) -> Tensor:
+    """MVAE's ``"iwae"``: ``K`` draws from the joint PoE of each row's observed experts (prior
+    expert included), ``-sum_rows [logsumexp_k (log p(X|z_k) + beta log p(z_k) / q(z_k)) - log K]``."""
+    K = model.config.num_particles
+    loc, scale, mask = experts(model, batch)
+    mu, sigma = poe(loc, scale, mask, model.prior_loc, model.prior_scale, True)
+    z = D.Normal(mu, sigma).rsample((K,))  # (K, B, D)
+    log_p = D.Independent(D.Normal(model.prior_loc, model.prior_scale), 1).log_prob(z)
+    log_q = D.Independent(D.Normal(mu, sigma), 1).log_prob(z)
+    lw = log_likelihood(model, batch, z) + model.config.beta * (log_p - log_q)
+    return -(torch.logsumexp(lw, 0) - math.log(K)).sum()

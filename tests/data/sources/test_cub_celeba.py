@@ -165,3 +165,20 @@ def test_celeba_errors(tmp_path):
     with pytest.raises(ValueError, match=r"list_eval_partition\.txt: line 1"):
         CelebA(root=str(root)).load("train")
     clear_cache()
+
+
+def test_cub_caption_codes_are_the_literal_expected_ones(cub_root):
+    """Codes written out by hand from WORDS (not from the reader's tokenizer): with
+    ``min_occurrence=10`` the tokens seen 10 times or fewer in the training file ("the", "has",
+    "crown", ",": 10 each) are ``<exc>`` = 0; the others get 3, 4, ... in order of first
+    appearance; ``<eos>`` = 2 after at most ``max_length - 1`` tokens, then ``<pad>`` = 1."""
+    root, _ = cub_root
+    cfg = CUBImageCaptions(root=str(root), image_size=16, max_length=10, min_occurrence=10)
+    assert cfg.vocabulary() == ["<exc>", "<pad>", "<eos>", "this", "bird", "is", "red", "with", "a", "short",
+                                "beak", ".", "small", "black", "wings", "and"]
+    codes = cfg.load("train").data["caption"]
+    # rows 0..3 of the first image: WORDS[0], WORDS[1], WORDS[2], WORDS[3]
+    assert codes[0].tolist() == [3, 4, 5, 6, 7, 8, 9, 10, 11, 2]  # this bird is red with a short beak .
+    assert codes[1].tolist() == [8, 12, 4, 7, 13, 14, 11, 2, 1, 1]  # a small bird with black wings .
+    assert codes[2].tolist() == [0, 4, 0, 8, 6, 0, 0, 15, 8, 2]  # the bird has a red crown , and a | short ...
+    assert codes[3].tolist() == [3, 4, 5, 13, 15, 6, 11, 2, 1, 1]  # this bird is black and red .

@@ -177,6 +177,35 @@ def test_fashiontext_text_is_the_class_name(fashion_root):
     assert ds.data["text"].dtype == torch.int64
 
 
+#: each class name in codes of FASHION_ALPHABET, written out by hand (space 0, a = 1 ... z = 26,
+#: "-" 27, "/" 28)
+CLASS_CODES = {
+    0: [20, 27, 19, 8, 9, 18, 20, 28, 20, 15, 16],  # t-shirt/top
+    1: [20, 18, 15, 21, 19, 5, 18],  # trouser
+    2: [16, 21, 12, 12, 15, 22, 5, 18],  # pullover
+    3: [4, 18, 5, 19, 19],  # dress
+    4: [3, 15, 1, 20],  # coat
+    5: [19, 1, 14, 4, 1, 12],  # sandal
+    6: [19, 8, 9, 18, 20],  # shirt
+    7: [19, 14, 5, 1, 11, 5, 18],  # sneaker
+    8: [2, 1, 7],  # bag
+    9: [1, 14, 11, 12, 5, 0, 2, 15, 15, 20],  # ankle boot
+}
+
+
+def test_fashiontext_codes_are_the_literal_expected_ones(fashion_root):
+    """Independent of the reader's alphabet and decoder: leading spaces, the class name in the
+    literal codes above, trailing spaces."""
+    root, arrays = fashion_root
+    ds = FashionText(root=str(root), text_length=14).load("train")
+    _, labels = arrays["train"]
+    assert len(set(labels.tolist())) > 1
+    for row, y in zip(ds.data["text"].tolist(), labels.tolist()):
+        word = CLASS_CODES[y]
+        start = next(i for i, c in enumerate(row) if c != 0)
+        assert row == [0] * start + word + [0] * (14 - start - len(word)), (row, y)
+
+
 def test_fashiontext_bad_text_settings():
     with pytest.raises(ValueError, match="t-shirt/top"):
         FashionText(text_length=10)

@@ -150,3 +150,24 @@ def test_mnist_svhn_text(ms_root):
     assert mods["text"].likelihood_kwargs == {"num_categories": 71}
     with pytest.raises(ValueError, match="text_length"):
         MNISTSVHNText(text_length=5)
+
+
+#: each digit's word in codes of the release's 71-symbol alphabet, written out by hand
+#: (a = 0 ... z = 25; the space is 69)
+DIGIT_CODES = {
+    0: [25, 4, 17, 14], 1: [14, 13, 4], 2: [19, 22, 14], 3: [19, 7, 17, 4, 4], 4: [5, 14, 20, 17],
+    5: [5, 8, 21, 4], 6: [18, 8, 23], 7: [18, 4, 21, 4, 13], 8: [4, 8, 6, 7, 19], 9: [13, 8, 13, 4],
+}
+
+
+def test_mnist_svhn_text_codes_are_the_literal_expected_ones(ms_root):
+    """Independent of the reader's alphabet and decoder: every row is spaces (69), the digit's
+    word in the literal codes above, spaces, and the last position is a space."""
+    root, _ = ms_root
+    ds = MNISTSVHNText(root=str(root)).load("test")
+    assert len(ds) > 0
+    for row, y in zip(ds.data["text"].tolist(), ds.labels.tolist()):
+        word = DIGIT_CODES[y]
+        start = next(i for i, c in enumerate(row) if c != 69)
+        assert row == [69] * start + word + [69] * (8 - start - len(word)), (row, y)
+        assert row[-1] == 69
