@@ -7,6 +7,10 @@ generation, prior samples, latent space, coherence). It prints the classifiers' 
 coherence per number of given modalities and the test log-likelihood with its standard error.
 Every :class:`~pyromv.metrics.EvalConfig` field is an override, e.g.
 ``pyromv-eval run_dir=... num_particles=5000 max_rows=100 embedding=tsne``.
+
+``run_dir`` is checked before Hydra creates ``run_dir/eval`` (nothing is written for a directory
+that is not a training run); a user error ends in one line on stderr and exit status 2
+(``--debug`` or ``HYDRA_FULL_ERROR=1`` shows the traceback), see :mod:`pyromv.cli.errors`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ..metrics.evaluate import EvalConfig, evaluate, format_summary
 from ..models import load_model
 from .config import DATA_SOURCES
+from .errors import UsageError, job_errors, run_cli
+
+#: the resolver of ``pyromv-eval``'s ``hydra.run.dir`` (checks ``run_dir`` first)
+OUTPUT_DIR_RESOLVER = "pyromv_eval_output_dir"
 
 
 @dataclass
@@ -40,9 +48,37 @@ class EvalJob(EvalConfig):
 
     run_dir: str = MISSING
     output: str = "eval"
-    hydra: Any = field(default_factory=lambda: {"run": {"dir": "${run_dir}/${output}"}})
+    hydra: Any = field(default_factory=lambda: {"run": {"dir": f"${{{OUTPUT_DIR_RESOLVER}:}}"}})
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a path, or a ``FileNotFoundError`` saying what a run directory holds."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run_dir={run_dir}: no such directory; pyromv-eval needs a run directory written by pyromv-train"
+        )
+    for needed in ("model", ".hydra/config.yaml"):
+        if not (run_dir / needed).exists():
+            raise FileNotFoundError(
+                f"run_dir={run_dir} holds no {needed}: pyromv-eval needs a run directory written by pyromv-train"
+            )
+    return run_dir
+
+
+def _output_dir(*, _root_: DictConfig) -> str:
+    """``hydra.run.dir`` of ``pyromv-eval``: ``run_dir/output``, once ``run_dir`` is a training run
+    (Hydra resolves it before it creates the directory)."""
+    if OmegaConf.is_missing(_root_, "run_dir"):
+        raise UsageError("run_dir is required: pyromv-eval run_dir=<a directory written by pyromv-train>")
+    try:
+        run_dir = check_run_dir(_root_.run_dir)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from err
+    return str(run_dir / _root_.output)
+
+
+OmegaConf.register_new_resolver(OUTPUT_DIR_RESOLVER, _output_dir, replace=True)
 ConfigStore.instance().store(name="eval", node=EvalJob)
 
 
@@ -73,11 +109,10 @@ def load_source(run_dir: str | Path) -> tuple[Any, str]:
 
 def run(run_dir: str | Path, config: EvalConfig, out: str | Path) -> dict[str, Any]:
     """Evaluate the run in ``run_dir``; write the metrics and pictures to ``out``."""
-    run_dir, out = Path(run_dir), Path(out)
-    model_dir = run_dir / "model"
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir} not found: pyromv-eval needs a run directory written by pyromv-train")
-    model = load_model(model_dir)
+    config.validate()  # before the model and the data are loaded
+    out = Path(out)
+    run_dir = check_run_dir(run_dir)
+    model = load_model(run_dir / "model")
     source, data_name = load_source(run_dir)
     shapes = {m.name: tuple(m.shape) for m in source.modalities()}
     expected = {m.name: tuple(m.shape) for m in model.modalities}
@@ -97,11 +132,19 @@ def _config(cfg: DictConfig) -> EvalConfig:
 
 
 @hydra.main(version_base=None, config_name="eval")
-def main(cfg: DictConfig) -> None:
-    out = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run(cfg.run_dir, _config(cfg), out)
-    print(format_summary(metrics))
-    print(f"outputs: {out}")
+def hydra_main(cfg: DictConfig) -> None:
+    """The Hydra task of ``pyromv-eval`` (errors as Hydra reports them; :func:`main` is the script)."""
+    with job_errors():
+        out = Path(HydraConfig.get().runtime.output_dir)
+        metrics = run(cfg.run_dir, _config(cfg), out)
+        print(format_summary(metrics))
+        print(f"outputs: {out}")
+
+
+def main() -> None:
+    """``pyromv-eval``: a user error ends in one line and exit status 2 (``--debug`` or
+    ``HYDRA_FULL_ERROR=1``: the traceback); see :mod:`pyromv.cli.errors`."""
+    run_cli("pyromv-eval", hydra_main)
 
 
 if __name__ == "__main__":

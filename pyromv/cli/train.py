@@ -6,10 +6,15 @@ missing at random, prints the test ELBO and writes to Hydra's run directory:
 ``cross_generation.png`` / ``samples.png``; with ``sampler=gmm|maf|iaf|prior`` it then fits that
 latent sampler (``sampler/``, ``sampler_generations.png``). Override anything, e.g.
 ``pyromv-train model.latent_dim=8 trainer.epochs=20 missing_rate=0.5``.
+
+Every option is checked before the data are loaded; a bad value, an unknown name or a missing
+file ends in one line on stderr and exit status 2 (``--debug`` or ``HYDRA_FULL_ERROR=1`` shows
+the traceback), see :mod:`pyromv.cli.errors`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -22,34 +27,82 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.missingness import mcar
+from ..distributions.likelihoods import registered_likelihoods
 from ..metrics.evaluate import evaluate, format_summary
 from ..metrics.plots import generated_image_modalities, plot_cross_generation, plot_samples
 from ..models import get_model_class, save_model
-from ..samplers import get_sampler_class
+from ..samplers import build_sampler, registered_samplers
 from ..samplers.job import fit_sampler_job
 from ..training import Trainer
 from .config import DATA_SOURCES, register_configs
+from .errors import UsageError, collapse, job_errors, options, run_cli
 
 register_configs()
+
+
+def check_options(cfg: DictConfig, model_name: str, data_name: str) -> tuple[Any, Any, Any]:
+    """Check every option of the job before any data is loaded; return the data source, the model
+    config and the trainer config.
+
+    A bad value, an unknown name or a refused combination raises a
+    :class:`~pyromv.cli.errors.UsageError` that names the option (or its group) and what was
+    expected, so that ``pyromv-train`` fails in a second rather than after loading or training.
+    """
+    if not 0.0 <= cfg.missing_rate <= 1.0:
+        raise UsageError(f"missing_rate must be in [0, 1] (the MCAR rate of every modality), got {cfg.missing_rate}")
+    if cfg.num_threads < 0:
+        raise UsageError(f"num_threads must be >= 0 (0 keeps torch's default), got {cfg.num_threads}")
+    if cfg.plot_rows < 1:
+        raise UsageError(f"plot_rows must be >= 1, got {cfg.plot_rows}")
+    if data_name not in DATA_SOURCES:
+        raise UsageError(f"data={data_name}: no such data source; choose from {', '.join(sorted(DATA_SOURCES))}")
+    with options(f"data={data_name}"):
+        source = OmegaConf.to_object(cfg.data)
+        for f in dataclasses.fields(source) if dataclasses.is_dataclass(source) else ():
+            value = getattr(source, f.name)
+            if f.name.endswith("likelihood") and isinstance(value, str) and value not in registered_likelihoods():
+                raise UsageError(
+                    f"data.{f.name} must be one of {', '.join(registered_likelihoods())}, got {value!r}"
+                )
+        source.modalities()
+    with options(f"model={model_name}"):
+        model_config = OmegaConf.to_object(cfg.model)
+        model_config.validate()
+    with options("trainer"):
+        trainer_config = OmegaConf.to_object(cfg.trainer)
+    if cfg.sampler != "none":
+        with options(f"sampler={cfg.sampler}"):  # the name and the options, before training
+            build_sampler(cfg.sampler, **OmegaConf.to_container(cfg.sampler_kwargs))
+    elif cfg.sampler_kwargs:
+        raise UsageError(f"sampler_kwargs {sorted(cfg.sampler_kwargs)} given but sampler=none: "
+                         f"choose a sampler ({', '.join(registered_samplers())})")
+    if cfg.evaluate:
+        with options("evaluation"):
+            OmegaConf.to_object(cfg.evaluation).validate()
+    return source, model_config, trainer_config
 
 
 def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str, Any]:
     """Train and evaluate as configured; write the outputs to ``out``; return the metrics."""
     start = time.perf_counter()
+    source, model_config, trainer_config = check_options(cfg, model_name, data_name)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    if cfg.sampler != "none":
-        get_sampler_class(cfg.sampler)  # an unknown name fails before training, not after
-    source = OmegaConf.to_object(cfg.data)
-    model_config = OmegaConf.to_object(cfg.model)
-    trainer_config = OmegaConf.to_object(cfg.trainer)
-    train = source.load("train")
-    test = source.load("test")
+    torch.manual_seed(trainer_config.seed)  # the networks' initial weights follow trainer.seed too
+    with options(f"model={model_name}"):  # the model and the trainer refuse what they cannot use
+        model = get_model_class(model_name)(source.modalities(), model_config)
+    with options("trainer"):
+        trainer = Trainer(model, config=trainer_config, checkpoint_dir=out / "checkpoint")
+    with options(f"data={data_name}"):  # files not found name what is expected where
+        try:
+            train = source.load("train")  # the sources draw from their own generators, not torch's
+            test = source.load("test")
+        except FileNotFoundError as err:
+            if not hasattr(source, "root"):
+                raise
+            raise UsageError(f"data={data_name}: {collapse(str(err))} (data.root sets the folder)") from err
     if cfg.missing_rate > 0:
         train = mcar(train, cfg.missing_rate, seed=cfg.missing_seed)
-    torch.manual_seed(trainer_config.seed)  # the networks' initial weights follow trainer.seed too
-    model = get_model_class(model_name)(source.modalities(), model_config)
-    trainer = Trainer(model, config=trainer_config, checkpoint_dir=out / "checkpoint")
     history = trainer.fit(train)
     test_loss = trainer.evaluate(test)
     save_model(model, out / "model")
@@ -84,25 +137,31 @@ def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str
 
 
 @hydra.main(version_base=None, config_name="train")
-def main(cfg: DictConfig) -> None:
-    hydra_cfg = HydraConfig.get()
-    choices = hydra_cfg.runtime.choices
-    data_name = choices["data"]
-    if data_name not in DATA_SOURCES:
-        raise ValueError(f"unknown data source {data_name!r}; available: {sorted(DATA_SOURCES)}")
-    out = Path(hydra_cfg.runtime.output_dir)
-    metrics = run(cfg, choices["model"], data_name, out)
-    print(f"test ELBO: {metrics['test_elbo']:.3f} nats per row "
-          f"({metrics['model']} on {metrics['data']}, {metrics['epochs']} epochs, "
-          f"{metrics['seconds']:.0f} s)")
-    if "sampler" in metrics:
-        fitted = metrics["sampler"]
-        print(f"sampler {fitted['name']}: test codes' log-density "
-              f"{fitted['test_log_density']['log_density']:.2f} "
-              f"(prior {fitted['prior_test_log_density']['log_density']:.2f})")
-    if "evaluation" in metrics:
-        print(format_summary(metrics["evaluation"]))
-    print(f"outputs: {out}")
+def hydra_main(cfg: DictConfig) -> None:
+    """The Hydra task of ``pyromv-train`` (errors as Hydra reports them; :func:`main` is the script)."""
+    with job_errors():
+        hydra_cfg = HydraConfig.get()
+        choices = hydra_cfg.runtime.choices
+        data_name = choices["data"]
+        out = Path(hydra_cfg.runtime.output_dir)
+        metrics = run(cfg, choices["model"], data_name, out)
+        print(f"test ELBO: {metrics['test_elbo']:.3f} nats per row "
+              f"({metrics['model']} on {metrics['data']}, {metrics['epochs']} epochs, "
+              f"{metrics['seconds']:.0f} s)")
+        if "sampler" in metrics:
+            fitted = metrics["sampler"]
+            print(f"sampler {fitted['name']}: test codes' log-density "
+                  f"{fitted['test_log_density']['log_density']:.2f} "
+                  f"(prior {fitted['prior_test_log_density']['log_density']:.2f})")
+        if "evaluation" in metrics:
+            print(format_summary(metrics["evaluation"]))
+        print(f"outputs: {out}")
+
+
+def main() -> None:
+    """``pyromv-train``: a user error ends in one line and exit status 2 (``--debug`` or
+    ``HYDRA_FULL_ERROR=1``: the traceback); see :mod:`pyromv.cli.errors`."""
+    run_cli("pyromv-train", hydra_main)
 
 
 if __name__ == "__main__":

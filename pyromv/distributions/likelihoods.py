@@ -14,6 +14,7 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions import constraints
 from torch import Tensor, nn
 
 from .location_scale import SharedScaleLaplace, SharedScaleNormal
@@ -47,9 +48,20 @@ def registered_likelihoods() -> list[str]:
 
 
 class LikelihoodHead(nn.Module):
-    """Base class: a head knows its decoder's output shape and builds the distribution."""
+    """Base class: a head knows its decoder's output shape and builds the distribution.
+
+    A head also says which data it can score: :meth:`invalid` marks the entries outside its
+    support (:attr:`support` says what the support is, for error messages), and
+    :attr:`integer_codes` says whether the data are held as ``int64`` codes (categorical)
+    rather than floats. The data layer checks every observed entry against them once, when a
+    data set is built, so that no value outside the support reaches a log-probability.
+    """
 
     name = "base"
+    #: what :meth:`invalid` accepts, in words (used in error messages)
+    support = "finite real numbers"
+    #: the data are category codes, held as ``int64`` (else floats of the default dtype)
+    integer_codes = False
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -69,6 +81,16 @@ class LikelihoodHead(nn.Module):
         """What the encoder sees of the data (floats); identity for continuous data."""
         return x
 
+    def invalid(self, x: Tensor) -> Tensor:
+        """Boolean mask, the shape of ``x`` ``(N, *shape)``: the entries outside the support.
+
+        Vectorised (a few elementwise passes, no Python loop over rows). The default accepts
+        every finite value (NaN and +-inf are invalid); heads with a smaller support override it.
+        """
+        if x.is_floating_point():
+            return ~torch.isfinite(x)
+        return torch.zeros_like(x, dtype=torch.bool)
+
     def forward(self, params: Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
 
@@ -77,23 +99,63 @@ class LikelihoodHead(nn.Module):
         return self(params).mean
 
 
+class UnitIntervalBernoulli(dist.Bernoulli):
+    """A Bernoulli whose support, for validation, is [0, 1] rather than {0, 1}.
+
+    ``log_prob(x) = x log p + (1 - x) log(1 - p)`` (torch's formula, the binary cross-entropy)
+    is unchanged; only the declared support is widened so that Pyro's validation accepts the
+    grey-scale data the data layer accepts for a Bernoulli modality. Samples are still 0 or 1.
+    """
+
+    support = constraints.unit_interval
+
+
 @register_likelihood("bernoulli")
 class BernoulliHead(LikelihoodHead):
-    """``Bernoulli(logits=decoder(z))`` for binary data."""
+    """``Bernoulli(logits=decoder(z))`` for binary data.
+
+    Data in ``[0, 1]`` are accepted: a fractional value (a grey pixel) is scored by the
+    cross-entropy ``x log p + (1 - x) log(1 - p)``, the common practice on grey-scale images
+    (not a normalised density; the continuous Bernoulli is).
+    """
+
+    support = "values in [0, 1]"
+
+    def invalid(self, x: Tensor) -> Tensor:
+        return _outside_unit_interval(x)
 
     def forward(self, params: Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=params)
+        return UnitIntervalBernoulli(logits=params)
 
 
 @register_likelihood("continuous_bernoulli")
 class ContinuousBernoulliHead(LikelihoodHead):
     """``ContinuousBernoulli(logits=decoder(z))`` for data in [0, 1] (Loaiza-Ganem & Cunningham 2019)."""
 
+    support = "values in [0, 1]"
+
+    def invalid(self, x: Tensor) -> Tensor:
+        return _outside_unit_interval(x)
+
     def forward(self, params: Tensor) -> dist.TorchDistribution:
         return dist.ContinuousBernoulli(logits=params)
 
     def mean(self, params: Tensor) -> Tensor:
         return self(params).mean.clamp(0.0, 1.0)
+
+
+def _outside_unit_interval(x: Tensor) -> Tensor:
+    # written so that NaN is outside too (every comparison with NaN is False)
+    return ~((x >= 0) & (x <= 1))
+
+
+def outside_codes(x: Tensor, num_categories: int | Tensor) -> Tensor:
+    """Entries of ``x`` that are not whole numbers in ``0 .. num_categories - 1`` (NaN and
+    +-inf included); ``num_categories`` may be a tensor broadcasting against ``x``."""
+    bad = (x < 0) | (x >= num_categories)
+    if x.is_floating_point():
+        bad = bad | ~torch.isfinite(x) | (x != x.round())
+    return bad
 
 
 class _LocationScaleHead(LikelihoodHead):
@@ -146,11 +208,20 @@ class LaplaceHead(_LocationScaleHead):
 class CategoricalHead(LikelihoodHead):
     """``Categorical(logits=decoder(z))`` over ``num_categories``; the encoder sees one-hot rows."""
 
+    integer_codes = True
+
     def __init__(self, shape: tuple[int, ...], num_categories: int) -> None:
         super().__init__(shape)
         if int(num_categories) < 2:
             raise ValueError(f"categorical likelihood needs num_categories >= 2, got {num_categories}")
         self.num_categories = int(num_categories)
+
+    @property
+    def support(self) -> str:  # type: ignore[override]
+        return f"category codes: whole numbers 0..{self.num_categories - 1}"
+
+    def invalid(self, x: Tensor) -> Tensor:
+        return outside_codes(x, self.num_categories)
 
     @property
     def param_shape(self) -> tuple[int, ...]:

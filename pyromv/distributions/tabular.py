@@ -26,7 +26,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 
-from .likelihoods import LikelihoodHead, register_likelihood
+from .likelihoods import LikelihoodHead, outside_codes, register_likelihood
 
 
 def check_cardinalities(cardinalities: Sequence[int], where: str = "tabular") -> tuple[int, ...]:
@@ -241,6 +241,16 @@ class TabularHead(LikelihoodHead):
             self.raw_scale = nn.Parameter(torch.full((n_cont,), math.log(scale - min_scale)))
         else:
             self.register_buffer("fixed_scale", torch.full((n_cont,), float(scale)))
+
+    @property
+    def support(self) -> str:  # type: ignore[override]
+        return "finite values in continuous columns, whole numbers 0..k-1 in a column of k categories"
+
+    def invalid(self, x: Tensor) -> Tensor:
+        """Non-finite entries anywhere; non-codes in categorical columns (one vectorised pass)."""
+        cards = torch.tensor(self.cardinalities, device=x.device)
+        bad = outside_codes(x, torch.where(cards > 0, cards, 1)) & (cards > 0)
+        return bad | ~torch.isfinite(x) if x.is_floating_point() else bad
 
     @property
     def scale(self) -> Tensor:

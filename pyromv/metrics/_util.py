@@ -39,6 +39,7 @@ def as_batch(model: MultimodalVAE, data: MultimodalDataset | MultimodalBatch) ->
     if not isinstance(model, MultimodalVAE):
         raise TypeError(f"expected a MultimodalVAE, got {type(model).__name__}")
     if isinstance(data, MultimodalDataset):
+        data.check_against(model.modalities)
         data = data.batch()
     if not isinstance(data, MultimodalBatch):
         raise TypeError(f"expected a MultimodalDataset or MultimodalBatch, got {type(data).__name__}")

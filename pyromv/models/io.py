@@ -82,5 +82,11 @@ def load_model(folder: str | os.PathLike, map_location: str = "cpu") -> Multimod
 
 
 def load_weights(folder: str | os.PathLike, map_location: str = "cpu") -> dict[str, torch.Tensor]:
-    """The state dict stored in ``folder/model.safetensors``."""
-    return safetensors.torch.load_file(str(Path(folder) / WEIGHTS_NAME), device=map_location)
+    """The state dict stored in ``folder/model.safetensors`` (a ValueError naming the file when
+    it is missing or not a complete safetensors file, e.g. truncated)."""
+    path = Path(folder) / WEIGHTS_NAME
+    try:
+        return safetensors.torch.load_file(str(path), device=map_location)
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{path} cannot be read as model weights ({e}): the folder is incomplete or "
+                         "corrupt; save the model again or use an intact copy") from e

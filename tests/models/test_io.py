@@ -202,3 +202,15 @@ def test_save_does_not_change_the_model(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert model.training
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0], ids=["truncated", "empty"])
+def test_truncated_weights_are_a_clear_error_naming_the_file(tmp_path, keep):
+    """A truncated ``model.safetensors`` (an interrupted copy) gives a ValueError naming it,
+    not safetensors' raw deserialisation error."""
+    save_model(_model(), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ValueError, match="model.safetensors cannot be read as model weights"):
+        load_model(tmp_path / "m")

@@ -330,7 +330,7 @@ def test_label_votes_take_the_majority_then_the_first_listed():
 def test_private_latents_decode_through_the_model_hook():
     class WithPrivate(MVAE):
         def generate_from_shared(self, z, targets=None, sample=False):
-            return {m.name: torch.full((z.shape[0], *m.shape), 7, dtype=torch.long)
+            return {m.name: torch.full((z.shape[0], *m.shape), 2, dtype=torch.long)
                     if m.likelihood == "categorical" else torch.full((z.shape[0], *m.shape), 0.25)
                     for m in self.modalities if targets is None or m.name in targets}
 

@@ -358,7 +358,7 @@ def test_write_checkpoint_replaces_atomically(tmp_path):
     _perturb(model)
     _write(tmp_path / "last", model, 2)
     assert sorted(os.listdir(tmp_path)) == ["last"]
-    assert sorted(os.listdir(tmp_path / "last")) == ["config.json", "model.safetensors", STATE_NAME]
+    assert sorted(os.listdir(tmp_path / "last")) == ["checksums.json", "config.json", "model.safetensors", STATE_NAME]
     assert read_state(tmp_path / "last")["epoch"] == 2
     _assert_same_state(load_weights(tmp_path / "last"), model.state_dict())
 
