@@ -26,15 +26,20 @@ MODALITIES = [
 ]
 
 
-def _batch(missing: float):
+def dataset(missing: float) -> MultimodalDataset:
+    """24 rows of the three modalities, a fraction ``missing`` of the modalities dropped (MCAR)."""
     g = torch.Generator().manual_seed(3)
     data = {
         "img": torch.rand(24, 1, 8, 8, generator=g),
         "vec": torch.randn(24, 5, generator=g),
         "tag": torch.randint(0, 4, (24, 3), generator=g),
     }
-    dataset = MultimodalDataset(MODALITIES, data)
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    full = MultimodalDataset(MODALITIES, data)
+    return mcar(full, missing, seed=1) if missing else full
+
+
+def _batch(missing: float):
+    return dataset(missing).batch()
 
 
 CASES = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyromv.data import Modality, MultimodalDataset, feature_mcar, mcar
+from pyromv.data import feature_mcar
 from pyromv.models import MMVAE, MVAE, MMVAEConfig, MoPoE, MoPoEConfig, MVAEConfig
 from pyromv.testing import assert_matches_reference
 from pyromv.testing.reference import (
@@ -26,24 +26,12 @@ from pyromv.testing.reference import (
     mvae_iwae_reference,
     mvae_reference_loss,
 )
-
-MODALITIES = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
+from tests.perf.test_reference_equality import MODALITIES
+from tests.perf.test_reference_equality import dataset as reference_dataset
 
 
 def _batch(missing: str):
-    g = torch.Generator().manual_seed(3)
-    data = {
-        "img": torch.rand(24, 1, 8, 8, generator=g),
-        "vec": torch.randn(24, 5, generator=g),
-        "tag": torch.randint(0, 4, (24, 3), generator=g),
-    }
-    dataset = MultimodalDataset(MODALITIES, data)
-    if missing in ("rows", "features"):
-        dataset = mcar(dataset, 0.4, seed=1)
+    dataset = reference_dataset(0.4 if missing in ("rows", "features") else 0.0)
     if missing == "features":
         dataset = feature_mcar(dataset, 0.3, seed=2)
         assert all(dataset.obs_mask[m].dim() > 1 for m in dataset.names)  # feature-level masks
