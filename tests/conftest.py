@@ -29,3 +29,13 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny tensors only gain contention from more on a shared
+    machine (measured 30x in the common-surface tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro
@@ -108,6 +109,12 @@ class MMVAE(MultimodalVAE):
 
     def guide(self, batch: MultimodalBatch) -> None:
         """One ``z`` from each observed expert, scored by the mixture of the observed experts."""
+        self.stratified_guide(batch)
+
+    def stratified_guide(self, batch: MultimodalBatch, then: Callable[[], None] | None = None) -> None:
+        """``z`` from each observed expert under ``pyro.plate("experts", M)``, scored by the
+        mixture of the row's observed experts; ``then()`` samples further sites (private latents)
+        inside the same plates and strata mask."""
         self._check_batch(batch)
         self._announce_params()
         loc, scale, mask = self.experts(batch)
@@ -116,6 +123,8 @@ class MMVAE(MultimodalVAE):
         with pyro.plate("experts", len(self.names), dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):
             with poutine.mask(mask=strata):
                 pyro.sample("z", StratifiedMixture(experts, strata))
+                if then is not None:
+                    then()
 
     def evaluation_loss(self) -> pyro.infer.ELBO:
         """The stratified ELBO (one particle per stratum), a bound on ``log p(X_O)``."""

@@ -12,7 +12,6 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..data.batch import MultimodalBatch
-from ..distributions.fusion import StratifiedMixture
 from ..infer import StratifiedELBO
 from .mmvae import MMVAE, MMVAEConfig
 from .registry import register_model
@@ -146,17 +145,12 @@ class MMVAEPlus(MMVAE):
     def guide(self, batch: MultimodalBatch) -> None:
         """Per observed expert ``m``: ``u ~ q(u | x_m)`` scored by the mixture ``q(u | X)``,
         ``w ~ q(w_m | x_m)``."""
-        self._check_batch(batch)
-        self._announce_params()
-        loc, scale, mask = self.experts(batch)
-        experts = self.family(loc.transpose(0, 1), scale.transpose(0, 1)).to_event(1)  # (M, B)
-        own = [self.private_posterior(batch, m).base_dist for m in self.names]
-        private = self.family(torch.stack([q.loc for q in own]), torch.stack([q.scale for q in own])).to_event(1)
-        strata = mask.transpose(0, 1)
-        with pyro.plate("experts", len(self.names), dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):
-            with poutine.mask(mask=strata):
-                pyro.sample("z", StratifiedMixture(experts, strata))
-                pyro.sample("w", private)
+        def own_private() -> None:
+            own = [self.private_posterior(batch, m).base_dist for m in self.names]
+            pyro.sample("w", self.family(torch.stack([q.loc for q in own]),
+                                         torch.stack([q.scale for q in own])).to_event(1))
+
+        self.stratified_guide(batch, own_private)
 
     # ------------------------------------------------------------------ the reported bound
     def joint_model(self, batch: MultimodalBatch) -> None:
@@ -166,15 +160,7 @@ class MMVAEPlus(MMVAE):
     def joint_guide(self, batch: MultimodalBatch) -> None:
         """``u`` from each observed expert (scored by the mixture), ``w_m ~ q(w_m | x_m)`` for
         every observed modality."""
-        self._check_batch(batch)
-        self._announce_params()
-        loc, scale, mask = self.experts(batch)
-        experts = self.family(loc.transpose(0, 1), scale.transpose(0, 1)).to_event(1)
-        strata = mask.transpose(0, 1)
-        with pyro.plate("experts", len(self.names), dim=-2), pyro.plate("batch", batch.batch_size, dim=-1):
-            with poutine.mask(mask=strata):
-                pyro.sample("z", StratifiedMixture(experts, strata))
-                self.sample_private(batch, guide=True)
+        self.stratified_guide(batch, lambda: self.sample_private(batch, guide=True))
 
     def evaluation_loss(self) -> pyro.infer.ELBO:
         """The stratified ELBO of the generative model (``beta = 1``, no auxiliary priors), a

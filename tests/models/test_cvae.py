@@ -24,12 +24,7 @@ MODS = [
 SMALL = {"latent_dim": 3, "encoder_hidden_dims": [8], "prior_hidden_dims": [8]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int, seed: int) -> dict[str, torch.Tensor]:

@@ -8,12 +8,14 @@ import math
 import pytest
 import torch
 
-from pyromv.data import Modality, MultimodalDataset, make_batch, mcar
+from pyromv.data import Modality, make_batch
 from pyromv.infer import ELBO, importance_log_weights
 from pyromv.metrics.likelihood import log_likelihood
 from pyromv.models import DMVAE, MVAE, DMVAEConfig, MultimodalVAE, MVAEConfig
 from pyromv.testing import assert_matches_reference
 from pyromv.testing.reference.dmvae import dmvae_reference_loss
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS, NAMES
 from tests.oracles.linear_gaussian import (
     DTYPE,
     LinearGaussian,
@@ -24,24 +26,9 @@ from tests.oracles.linear_gaussian import (
     set_exact_encoders,
 )
 
-MODS = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
-NAMES = [m.name for m in MODS]
-
-
-def _data(n=24, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    return {"img": torch.rand(n, 1, 8, 8, generator=g), "vec": torch.randn(n, 5, generator=g),
-            "tag": torch.randint(0, 4, (n, 3), generator=g)}
-
 
 def _batch(missing: float, mods=MODS):
-    names = [m.name for m in mods]
-    dataset = MultimodalDataset(mods, {k: v for k, v in _data().items() if k in names})
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    return shared.batch(missing, mods=mods)
 
 
 def _model(mods=MODS, seed=0, **cfg):
@@ -99,7 +86,7 @@ def test_one_modality_rows():
     With ``unimodal_prior_expert`` they coincide and the row counts that ELBO once."""
     masks = {"img": torch.tensor([1, 0, 1, 1]), "vec": torch.tensor([0, 1, 1, 0]),
              "tag": torch.tensor([0, 0, 1, 0])}
-    batch = make_batch(MODS, {k: v[:4] for k, v in _data().items()}, {k: v.bool() for k, v in masks.items()})
+    batch = make_batch(MODS, {k: v[:4] for k, v in shared.data().items()}, {k: v.bool() for k, v in masks.items()})
     for prior, joint_rows in ((False, [1, 1, 1, 1]), (True, [0, 0, 1, 0])):
         model = _model(unimodal_prior_expert=prior)
         q, active = model.term_posteriors(batch)

@@ -10,11 +10,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyromv.data import Modality, MultimodalDataset, make_batch, mcar
+from pyromv.data import make_batch
 from pyromv.infer import ELBO, importance_log_weights
 from pyromv.models import DVCCA, MVAE, DVCCAConfig, MVAEConfig
 from pyromv.testing import assert_matches_reference
 from pyromv.testing.reference.dvcca import dvcca_reference_loss
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS, NAMES
 from tests.oracles.linear_gaussian import (
     LinearGaussian,
     mixed_row_masks,
@@ -23,24 +25,9 @@ from tests.oracles.linear_gaussian import (
     set_unimodal_posterior_encoders,
 )
 
-MODS = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
-NAMES = [m.name for m in MODS]
-
-
-def _data(n=24, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    return {"img": torch.rand(n, 1, 8, 8, generator=g), "vec": torch.randn(n, 5, generator=g),
-            "tag": torch.randint(0, 4, (n, 3), generator=g)}
-
 
 def _batch(missing: float, mods=MODS):
-    names = [m.name for m in mods]
-    dataset = MultimodalDataset(mods, {k: v for k, v in _data().items() if k in names})
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    return shared.batch(missing, mods=mods)
 
 
 def _model(mods=MODS, seed=0, **cfg):

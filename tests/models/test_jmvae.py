@@ -6,16 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyromv.data import Modality, MultimodalDataset, mcar
 from pyromv.models import JMVAE, JMVAEConfig
 from pyromv.testing import assert_matches_reference
 from pyromv.testing.reference.jmvae import jmvae_reference_loss
-
-MODS = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS
 
 CONFIGS = {
     "default": {},
@@ -25,11 +20,7 @@ CONFIGS = {
 
 
 def _batch(missing: float):
-    g = torch.Generator().manual_seed(3)
-    data = {"img": torch.rand(16, 1, 8, 8, generator=g), "vec": torch.randn(16, 5, generator=g),
-            "tag": torch.randint(0, 4, (16, 3), generator=g)}
-    dataset = MultimodalDataset(MODS, data)
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    return shared.batch(missing, 16)
 
 
 @pytest.mark.parametrize("missing", [0.0, 0.4])

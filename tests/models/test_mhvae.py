@@ -13,41 +13,25 @@ import pytest
 import torch
 from torch import nn
 
-from pyromv.data import Modality, MultimodalDataset, make_batch, mcar
+from pyromv.data import make_batch
 from pyromv.infer import importance_log_weights
 from pyromv.models import MHVAE, MHVAEConfig, MoPoE, MoPoEConfig
 from pyromv.models.mhvae import sample_subsets
 from pyromv.testing import assert_matches_reference
 from pyromv.testing.reference.mhvae import mhvae_reference_loss
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS
 from tests.oracles.linear_gaussian import LinearGaussian, modalities, set_decoders
 
-MODS = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 16, seed: int = 3) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "img": torch.rand(n, 1, 8, 8, generator=g),
-        "vec": torch.randn(n, 5, generator=g),
-        "tag": torch.randint(0, 4, (n, 3), generator=g),
-    }
+    return shared.data(n, seed)
 
 
 def _batch(missing: float, n: int = 16):
-    dataset = MultimodalDataset(MODS, _data(n))
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    return shared.batch(missing, n)
 
 
 def _model(mods=MODS, seed: int = 0, **cfg) -> MHVAE:

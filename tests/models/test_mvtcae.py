@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 
-from pyromv.data import Modality, MultimodalBatch, MultimodalDataset, make_batch, mcar
+from pyromv.data import MultimodalBatch, make_batch
 from pyromv.infer import ELBO
 from pyromv.models import MVTCAE, ModelConfig, MVTCAEConfig
 from pyromv.testing import assert_matches_reference, assert_same_loss_and_grads
 from pyromv.testing.reference.mvtcae import mvtcae_reference_loss
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS
 from tests.oracles.linear_gaussian import (
     LinearGaussian,
     mixed_row_masks,
@@ -23,22 +25,11 @@ from tests.oracles.linear_gaussian import (
     set_unimodal_posterior_encoders,
 )
 
-MODALITIES = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
+MODALITIES = MODS
 
 
 def batch_of(missing: float, n: int = 24) -> MultimodalBatch:
-    g = torch.Generator().manual_seed(3)
-    data = {
-        "img": torch.rand(n, 1, 8, 8, generator=g),
-        "vec": torch.randn(n, 5, generator=g),
-        "tag": torch.randint(0, 4, (n, 3), generator=g),
-    }
-    dataset = MultimodalDataset(MODALITIES, data)
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    return shared.batch(missing, n)
 
 
 @pytest.mark.parametrize("missing", [0.0, 0.4])

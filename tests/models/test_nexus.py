@@ -11,33 +11,21 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyromv.data import Modality, MultimodalBatch, MultimodalDataset, make_batch, mcar
+from pyromv.data import Modality, MultimodalBatch, make_batch
 from pyromv.infer import importance_log_weights
 from pyromv.metrics.likelihood import log_likelihood
 from pyromv.models import MVAEConfig, Nexus, NexusConfig
 from pyromv.models.nexus import perceptual_dropout
 from pyromv.testing import assert_matches_reference, assert_same_loss_and_grads
 from pyromv.testing.reference.nexus import nexus_reference_loss
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS, NAMES
 
-MODS = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
-NAMES = [m.name for m in MODS]
 SMALL = {"latent_dim": 3, "bottom_latent_dim": 4, "message_dim": 6, "top_hidden_dims": [8]}
 
 
-def _data(n=24, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    return {"img": torch.rand(n, 1, 8, 8, generator=g), "vec": torch.randn(n, 5, generator=g),
-            "tag": torch.randint(0, 4, (n, 3), generator=g)}
-
-
 def _batch(missing: float, mods=MODS):
-    names = [m.name for m in mods]
-    dataset = MultimodalDataset(mods, {k: v for k, v in _data().items() if k in names})
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    return shared.batch(missing, mods=mods)
 
 
 def _model(mods=MODS, seed=0, **cfg):
@@ -123,7 +111,7 @@ def test_messages_of_missing_modalities_never_reach_the_top_encoder():
     guide's draws of ``z_sigma`` nor the loss (dropout on)."""
     model = _model(dropout_rate=0.5)
     batch = _batch(0.4)
-    other = _data(seed=9)
+    other = shared.data(seed=9)
     data = {m: torch.where(batch.row_mask(m).reshape((-1,) + (1,) * (v.dim() - 1)), batch.data[m], other[m])
             for m, v in batch.data.items()}
     changed = MultimodalBatch(data, batch.obs_mask)

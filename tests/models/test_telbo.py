@@ -13,13 +13,15 @@ import pyro
 import pytest
 import torch
 
-from pyromv.data import Modality, MultimodalBatch, MultimodalDataset, make_batch, mcar
+from pyromv.data import MultimodalBatch, make_batch
 from pyromv.infer import importance_log_weights
 from pyromv.models import TELBO, TELBOConfig
 from pyromv.models.io import load_weights
 from pyromv.testing import assert_matches_reference, assert_same_loss_and_grads
 from pyromv.testing.reference.telbo import telbo_reference_loss, telbo_unimodal_reference_loss
 from pyromv.training import Trainer, frozen_except
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS
 from tests.oracles.linear_gaussian import (
     LinearGaussian,
     mixed_row_masks,
@@ -28,12 +30,6 @@ from tests.oracles.linear_gaussian import (
     set_unimodal_posterior_encoders,
 )
 from tests.training import test_trainer as tt
-
-MODS = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
 
 CONFIGS = {
     "default": {},
@@ -44,11 +40,7 @@ CONFIGS = {
 
 
 def _batch(missing: float, n: int = 16):
-    g = torch.Generator().manual_seed(3)
-    data = {"img": torch.rand(n, 1, 8, 8, generator=g), "vec": torch.randn(n, 5, generator=g),
-            "tag": torch.randint(0, 4, (n, 3), generator=g)}
-    dataset = MultimodalDataset(MODS, data)
-    return (mcar(dataset, missing, seed=1) if missing else dataset).batch()
+    return shared.batch(missing, n)
 
 
 def _telbo(mods=MODS, seed: int = 0, **cfg) -> TELBO:

@@ -6,9 +6,8 @@ other than the paper's loss (and the benchmarks' ratios compare equal work).
 """
 
 import pytest
-import torch
 
-from pyromv.data import Modality, MultimodalDataset, mcar
+from pyromv.data import MultimodalDataset
 from pyromv.models import MMVAE, MVAE, MMVAEConfig, MoPoE, MoPoEConfig, MVAEConfig
 from pyromv.testing import assert_matches_reference
 from pyromv.testing.reference import (
@@ -18,24 +17,15 @@ from pyromv.testing.reference import (
     mvae_elbo_reference,
     mvae_reference_loss,
 )
+from tests.models import three_modalities as shared
+from tests.models.three_modalities import MODS
 
-MODALITIES = [
-    Modality("img", (1, 8, 8), likelihood="continuous_bernoulli", encoder="conv", decoder="conv"),
-    Modality("vec", (5,), likelihood="normal", likelihood_kwargs={"scale": 0.7}),
-    Modality("tag", (3,), likelihood="categorical", likelihood_kwargs={"num_categories": 4}),
-]
+MODALITIES = MODS
 
 
 def dataset(missing: float) -> MultimodalDataset:
     """24 rows of the three modalities, a fraction ``missing`` of the modalities dropped (MCAR)."""
-    g = torch.Generator().manual_seed(3)
-    data = {
-        "img": torch.rand(24, 1, 8, 8, generator=g),
-        "vec": torch.randn(24, 5, generator=g),
-        "tag": torch.randint(0, 4, (24, 3), generator=g),
-    }
-    full = MultimodalDataset(MODALITIES, data)
-    return mcar(full, missing, seed=1) if missing else full
+    return shared.dataset(missing)
 
 
 def _batch(missing: float):
