@@ -128,6 +128,16 @@ class LogLikelihood:
     given, targets : tuple of str or None
         The conditioning set ``S`` and the scored set ``T`` (``given is None``: joint; the joint
         of a conditional model lists the modalities it conditions on as ``given``).
+    method : str
+        The estimator (``"iwae"``, ``"ais"``, ...).
+    num_steps, num_chains : int or None
+        Annealing steps ``T`` and independent chains per row of an AIS estimate (None for IS).
+    row_stderr : Tensor or None
+        ``(N,)`` Monte Carlo standard error of each row's estimate, where the method has one
+        (AIS: over its independent chains).
+    passed : Tensor or None
+        ``(N,)`` bool, whether each row passes its method's diagnostic (IS: k-hat below the
+        threshold; AIS: its chains agree within their standard error). None: use k-hat.
     """
 
     values: Tensor
@@ -136,6 +146,11 @@ class LogLikelihood:
     num_particles: int
     given: tuple[str, ...] | None
     targets: tuple[str, ...]
+    method: str = "iwae"
+    num_steps: int | None = None
+    num_chains: int | None = None
+    row_stderr: Tensor | None = None
+    passed: Tensor | None = None
 
     @property
     def mean(self) -> float:
