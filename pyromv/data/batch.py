@@ -29,10 +29,12 @@ class MultimodalBatch:
 
     @property
     def names(self) -> list[str]:
+        """Modality names, in order."""
         return list(self.data)
 
     @property
     def batch_size(self) -> int:
+        """Number of rows."""
         return next(iter(self.data.values())).shape[0]
 
     def __len__(self) -> int:
@@ -85,6 +87,7 @@ class MultimodalBatch:
         )
 
     def to(self, device: torch.device | str) -> MultimodalBatch:
+        """Copy of the batch with every tensor on ``device``."""
         labels = None if self.labels is None else self.labels.to(device)
         return MultimodalBatch(
             {m: v.to(device) for m, v in self.data.items()},

@@ -41,6 +41,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
     drop_empty : bool
         Drop rows that observe no modality (with a warning) instead of raising.
 
+    Notes
+    -----
     Batches come from :meth:`batches` (tensor indexing, no per-row Python work); the
     ``__getitem__``/:func:`collate` pair serves ``torch.utils.data.DataLoader`` users. Batches of
     a data set are therefore checked batches, for the Trainer, the metrics and a plain
@@ -135,9 +137,11 @@ class MultimodalDataset(torch.utils.data.Dataset):
 
     @property
     def names(self) -> list[str]:
+        """Modality names, in order."""
         return [m.name for m in self.modalities]
 
     def modality(self, name: str) -> Modality:
+        """The spec of modality ``name``; ValueError naming the known ones if unknown."""
         for mod in self.modalities:
             if mod.name == name:
                 return mod

@@ -23,10 +23,12 @@ class NetworkSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of the fields (inverse of ``from_dict``)."""
         return {"name": self.name, "kwargs": dict(self.kwargs)}
 
     @classmethod
     def coerce(cls, value: NetworkSpec | str | Mapping[str, Any]) -> NetworkSpec:
+        """A NetworkSpec from a spec, a registered name or a ``{name, kwargs}`` mapping."""
         if isinstance(value, NetworkSpec):
             return value
         if isinstance(value, str):
@@ -91,6 +93,7 @@ class Modality:
         object.__setattr__(self, "rescale", float(self.rescale))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of the fields (inverse of ``from_dict``)."""
         out = asdict(self)
         out["shape"] = list(self.shape)
         out["encoder"] = self.encoder.to_dict()
@@ -99,6 +102,7 @@ class Modality:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Modality:
+        """Rebuild from :meth:`to_dict`'s output."""
         d = dict(d)
         d["shape"] = tuple(d["shape"])
         return cls(**d)

@@ -85,6 +85,8 @@ class RowwiseChoice(TorchDistribution):
     index : LongTensor
         ``batch_shape``: which component each row follows.
 
+    Notes
+    -----
     Only the components some row uses are sampled or evaluated, in the order given (each with
     a draw of the full batch shape). ``mean`` is :func:`central_point` of each row's component.
     """

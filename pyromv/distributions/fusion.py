@@ -123,10 +123,12 @@ class ProductOfExperts(dist.Independent):
 
     @property
     def loc(self) -> Tensor:
+        """Location of the fused Gaussian."""
         return self.base_dist.loc
 
     @property
     def scale(self) -> Tensor:
+        """Standard deviation of the fused Gaussian."""
         return self.base_dist.scale
 
     def expand(self, batch_shape, _instance=None):
@@ -189,6 +191,7 @@ class MixtureOfExperts(TorchDistribution):
 
     @property
     def num_experts(self) -> int:
+        """Number of mixture components (experts) per row."""
         return self.components.batch_shape[-1]
 
     def expand(self, batch_shape, _instance=None):

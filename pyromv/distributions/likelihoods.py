@@ -44,6 +44,7 @@ def build_likelihood(name: str, shape: tuple[int, ...], kwargs: Mapping[str, Any
 
 
 def registered_likelihoods() -> list[str]:
+    """Names of the registered likelihood families, sorted."""
     return sorted(_HEADS)
 
 

@@ -22,6 +22,7 @@ class KLWarmup:
             raise ValueError(f"KL warm-up start must be in [0, 1], got {self.start}")
 
     def factor(self, step: int) -> float:
+        """KL weight at optimisation step ``step``: linear from ``start`` to 1 over ``steps``."""
         if self.steps == 0:
             return 1.0
         return self.start + (1.0 - self.start) * min(1.0, step / self.steps)

@@ -84,6 +84,7 @@ class SubsampledELBO(PyroELBO):
     # beta and the KL warm-up factor live on the base objective
     @property
     def beta(self) -> float:
+        """KL weight of the wrapped objective."""
         return self.base.beta
 
     @beta.setter
@@ -92,6 +93,7 @@ class SubsampledELBO(PyroELBO):
 
     @property
     def kl_anneal(self) -> float:
+        """Current KL annealing factor of the wrapped objective."""
         return self.base.kl_anneal
 
     @kl_anneal.setter
@@ -118,6 +120,7 @@ class SubsampledELBO(PyroELBO):
         return torch.cat(out, 0)
 
     def differentiable_loss(self, model, guide, batch: MultimodalBatch, *args, **kwargs) -> torch.Tensor:
+        """Sum over rows of the negative objective, differentiable (one subset term set per row)."""
         if not isinstance(batch, MultimodalBatch):
             raise TypeError(f"SubsampledELBO needs a MultimodalBatch, got {type(batch).__name__}")
         observed = torch.stack([batch.row_mask(m) for m in batch.names], -1)
@@ -133,10 +136,12 @@ class SubsampledELBO(PyroELBO):
         return total
 
     def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss as a float, without gradients."""
         with torch.no_grad():
             return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss as a float; its gradients are accumulated in the parameters' ``.grad``."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return torch_item(loss)

@@ -58,6 +58,7 @@ class CoherenceResult:
     rows: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of the fields (inverse of ``from_dict``)."""
         return {
             "by_size": {str(k): v for k, v in self.by_size.items()},
             "by_subset": dict(self.by_subset),

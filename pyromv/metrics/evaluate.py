@@ -89,6 +89,7 @@ class EvalConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         for name in ("num_particles", "particle_chunk", "batch_size", "joint_samples", "plot_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -101,13 +101,16 @@ class MultimodalVAE(PyroModule):
     # ------------------------------------------------------------------ structure
     @property
     def names(self) -> list[str]:
+        """Modality names, in order."""
         return [m.name for m in self.modalities]
 
     @property
     def latent_dim(self) -> int:
+        """Dimension of the shared latent ``z``."""
         return self.config.latent_dim
 
     def modality(self, name: str) -> Modality:
+        """The spec of modality ``name``; ValueError naming the known ones if unknown."""
         for m in self.modalities:
             if m.name == name:
                 return m

@@ -31,6 +31,7 @@ class CMVAEConfig(MMVAEPlusConfig):
     n_clusters: int = 10
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.n_clusters < 2:
             raise ValueError(f"CMVAE n_clusters must be >= 2, got {self.n_clusters}")

@@ -32,6 +32,7 @@ class ModelConfig:
     likelihood_rescaling: str = "none"
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.beta < 0:

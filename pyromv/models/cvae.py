@@ -54,6 +54,7 @@ class CVAEConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.main_modality is not None and not isinstance(self.main_modality, str):
             raise TypeError(f"CVAE main_modality must be a modality name, got {self.main_modality!r}")

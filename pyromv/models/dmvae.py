@@ -40,6 +40,7 @@ class DMVAEConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.private_latent_dim < 0:
             raise ValueError(f"private_latent_dim must be >= 0, got {self.private_latent_dim}")

@@ -37,6 +37,7 @@ class JMVAEConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.alpha < 0:
             raise ValueError(f"JMVAE alpha must be >= 0, got {self.alpha}")

@@ -75,6 +75,7 @@ class JNFConfig(ModelConfig):
     mcmc_warmup_steps: int = 200
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         _check_epochs(self.joint_epochs)
         if self.flow_layers < 0:

@@ -46,6 +46,7 @@ class MCVAEConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if not 0.0 < self.dropout_threshold <= 1.0:
             raise ValueError(f"MCVAE dropout_threshold must be in (0, 1], got {self.dropout_threshold}")

@@ -66,6 +66,7 @@ class MHVAEConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.num_levels < 1:
             raise ValueError(f"MHVAE num_levels must be >= 1, got {self.num_levels}")
@@ -173,6 +174,7 @@ class MHVAE(MultimodalVAE):
     # ------------------------------------------------------------------ structure
     @property
     def num_levels(self) -> int:
+        """Number of latent levels of the hierarchy (``config.num_levels``)."""
         return self.config.num_levels
 
     def _site(self, i: int) -> str:

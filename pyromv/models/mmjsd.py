@@ -46,6 +46,7 @@ class MMJSDConfig(ModelConfig):
     private_latent_dim: int = 0
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if not self.alpha >= 0:
             raise ValueError(f"mmJSD alpha must be >= 0, got {self.alpha}")

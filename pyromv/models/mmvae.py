@@ -52,6 +52,7 @@ class MMVAEConfig(ModelConfig):
     learn_prior_scale: bool = False
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.objective not in _OBJECTIVES:
             raise ValueError(f"MMVAE objective must be one of {_OBJECTIVES}, got {self.objective!r}")
@@ -89,6 +90,7 @@ class MMVAE(MultimodalVAE):
 
     @property
     def family(self) -> type:
+        """Distribution family of the unimodal experts (``config.distribution``)."""
         return _FAMILIES[self.config.distribution]
 
     def prior(self) -> dist.TorchDistribution:

@@ -55,6 +55,7 @@ class MMVAEPlusConfig(MMVAEConfig):
     learn_auxiliary_scale: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.private_latent_dim < 1:
             raise ValueError(f"MMVAE+ needs private latents: private_latent_dim must be >= 1, "

@@ -65,6 +65,7 @@ class MoPoEConfig(ModelConfig):
     private_latent_dim: int = 0
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.objective not in _OBJECTIVES:
             raise ValueError(f"MoPoE objective must be one of {_OBJECTIVES}, got {self.objective!r}")

@@ -41,6 +41,7 @@ class MVAEConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.objective not in _OBJECTIVES:
             raise ValueError(f"MVAE objective must be one of {_OBJECTIVES}, got {self.objective!r}")

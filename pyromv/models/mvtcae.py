@@ -61,6 +61,7 @@ class MVTCAEConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"MVTCAE alpha must be in [0, 1], got {self.alpha}")

@@ -69,6 +69,7 @@ class NexusConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         if self.bottom_latent_dim < 0:
             raise ValueError(f"Nexus bottom_latent_dim must be >= 0, got {self.bottom_latent_dim}")

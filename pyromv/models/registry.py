@@ -21,10 +21,12 @@ def register_model(name: str) -> Callable[[type], type]:
 
 
 def get_model_class(name: str) -> type:
+    """The model class registered under ``name``; ValueError listing the registered names."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {sorted(_MODELS)}")
     return _MODELS[name]
 
 
 def registered_models() -> list[str]:
+    """Names of the registered models, sorted."""
     return sorted(_MODELS)

@@ -53,6 +53,7 @@ class TELBOConfig(ModelConfig):
     analytic_kl: bool = True
 
     def validate(self) -> None:
+        """Check the options; raise ValueError/TypeError naming the first bad one."""
         super().validate()
         e = self.joint_epochs
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not (

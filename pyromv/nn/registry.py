@@ -58,6 +58,7 @@ def _build(
 def build_encoder(
     name: str, kwargs: Mapping[str, Any], input_shape: tuple[int, ...], latent_dim: int
 ) -> nn.Module:
+    """Build the encoder registered as ``name`` mapping ``input_shape`` to ``latent_dim`` (loc, scale)."""
     return _build(
         _ENCODERS, "encoder", name, kwargs, input_shape=tuple(input_shape), latent_dim=latent_dim
     )
@@ -66,14 +67,17 @@ def build_encoder(
 def build_decoder(
     name: str, kwargs: Mapping[str, Any], latent_dim: int, output_shape: tuple[int, ...]
 ) -> nn.Module:
+    """Build the decoder registered as ``name`` mapping ``latent_dim`` to ``output_shape`` parameters."""
     return _build(
         _DECODERS, "decoder", name, kwargs, latent_dim=latent_dim, output_shape=tuple(output_shape)
     )
 
 
 def registered_encoders() -> list[str]:
+    """Names of the registered encoder networks, sorted."""
     return sorted(_ENCODERS)
 
 
 def registered_decoders() -> list[str]:
+    """Names of the registered decoder networks, sorted."""
     return sorted(_DECODERS)

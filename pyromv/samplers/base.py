@@ -76,6 +76,7 @@ def registered_samplers() -> list[str]:
 
 
 def get_sampler_class(name: str) -> type[LatentSampler]:
+    """The sampler class registered under ``name``; ValueError listing the registered names."""
     if not isinstance(name, str) or name not in _SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; registered: {registered_samplers()}")
     return _SAMPLERS[name]
@@ -280,6 +281,7 @@ class LatentSampler:
     # ------------------------------------------------------------ state
     @property
     def fitted(self) -> bool:
+        """Whether :meth:`fit` has been called."""
         return self.latent_dim is not None
 
     def _check_fitted(self, what: str) -> None:

@@ -121,6 +121,7 @@ class AutoregressiveFlow(nn.Module):
         self.register_buffer("spread", torch.ones(self.dim))
 
     def permutation(self, k: int) -> Tensor:
+        """The fixed permutation applied after flow layer ``k``."""
         return getattr(self, f"permutation_{k}")
 
     def sequence(self) -> list:
@@ -139,6 +140,7 @@ class AutoregressiveFlow(nn.Module):
             layer._cached_log_scale = None
 
     def distribution(self, direction: str) -> dist.TransformedDistribution:
+        """The fitted flow as a distribution, sampled forward (``iaf``) or scored fast (``maf``)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         seq = self.sequence()

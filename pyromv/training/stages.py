@@ -56,6 +56,7 @@ class Stage:
         return [p for name, p in module.named_parameters() if self.trains(name)]
 
     def trains(self, name: str) -> bool:
+        """Whether parameter ``name`` is trained in this stage."""
         return not self.trainable or any(name.startswith(prefix) for prefix in self.trainable)
 
     def resolve_epochs(self, total: int, used: int) -> int:
@@ -68,6 +69,7 @@ class Stage:
         return min(left, int(self.epochs))
 
     def validate(self, module: torch.nn.Module) -> None:
+        """Check the stage against ``module``: epochs and that every trainable prefix names parameters."""
         if self.epochs is not None:
             e = self.epochs
             if isinstance(e, bool) or not (

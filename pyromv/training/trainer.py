@@ -265,6 +265,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     @property
     def last_checkpoint(self) -> Path | None:
+        """Folder of the latest checkpoint (None without a checkpoint directory)."""
         return None if self.checkpoint_dir is None else self.checkpoint_dir / "last"
 
     def _state(self) -> dict[str, Any]:
@@ -284,6 +285,7 @@ class Trainer:
 
     @property
     def best_checkpoint(self) -> Path | None:
+        """Folder of the best-on-validation checkpoint (None without a checkpoint directory)."""
         return None if self.checkpoint_dir is None else self.checkpoint_dir / "best"
 
     def _resume(self) -> bool:

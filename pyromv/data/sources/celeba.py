@@ -130,6 +130,7 @@ class CelebA:
 
     @property
     def root_path(self) -> Path:
+        """The folder the data set's files are read from (``root`` or the default data folder)."""
         base = resolve_root(self.root, "celeba")
         if not (base / ATTRIBUTE_FILE).is_file() and (base / "celeba" / ATTRIBUTE_FILE).is_file():
             return base / "celeba"
@@ -139,6 +140,7 @@ class CelebA:
         return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
+        """The data set's modality specs (shape, likelihood, networks), after checking its files."""
         self.check()
         s = int(self.image_size)
         kw = likelihood_kwargs(self.likelihood, self.likelihood_scale)
@@ -170,6 +172,7 @@ class CelebA:
         return attr, part, images
 
     def attribute_names(self) -> list[str]:
+        """Names of the 40 binary attributes, in the order of the attribute modality."""
         return [str(n) for n in self._table()["names"]]
 
     def _table(self) -> dict[str, np.ndarray]:

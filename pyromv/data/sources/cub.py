@@ -133,6 +133,7 @@ class CUBImageCaptions:
 
     @property
     def root_path(self) -> Path:
+        """The folder the data set's files are read from (``root`` or the default data folder)."""
         return resolve_root(self.root, "cub")
 
     def _caption_file(self, split: str) -> Path:

@@ -273,6 +273,7 @@ class PolyFashion(_FashionSource):
 
     @property
     def names(self) -> list[str]:
+        """Modality names, in order."""
         return [f"m{m}" for m in range(int(self.num_modalities))]
 
     def modalities(self) -> list[Modality]:
@@ -384,6 +385,7 @@ class FashionText(_FashionSource):
         check_alphabet(self.alphabet, self.words(), int(self.text_length), "FashionText")
 
     def modalities(self) -> list[Modality]:
+        """The data set's modality specs (shape, likelihood, networks), after checking its files."""
         self.check()
         text = Modality(
             "text",
@@ -471,6 +473,7 @@ class NoisyFashion(_FashionSource):
             raise ValueError(f"NoisyFashion: noise must be >= 0, got {self.noise}")
 
     def modalities(self) -> list[Modality]:
+        """The data set's modality specs (shape, likelihood, networks), after checking its files."""
         self.check()
         return [self._image_modality("view1"), self._image_modality("view2")]
 

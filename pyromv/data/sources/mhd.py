@@ -94,16 +94,19 @@ class MHD:
 
     @property
     def root_path(self) -> Path:
+        """The folder the data set's files are read from (``root`` or the default data folder)."""
         return resolve_root(self.root, "MHD")
 
     @property
     def sound_shape(self) -> tuple[int, int, int]:
+        """Shape of the sound spectrogram modality: ``(1, 32, 96)`` unstacked, else ``(3, 32, 32)``."""
         return (1, 32, 96) if self.unstack_sound else (3, 32, 32)
 
     def _network(self, name: str) -> NetworkSpec:
         return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
+        """The data set's modality specs (shape, likelihood, networks), after checking its files."""
         self.check()
         kw = likelihood_kwargs(self.likelihood, self.likelihood_scale)
 
@@ -136,6 +139,7 @@ class MHD:
         return mods
 
     def file(self, split: str) -> Path:
+        """Path of the stored file of ``split``; a clear error when it is missing."""
         if split not in SPLITS:
             raise ValueError(f"unknown MHD split {split!r}; choose from {list(SPLITS)}")
         path = self.root_path / f"mhd_{split}.pt"

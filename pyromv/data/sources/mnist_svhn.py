@@ -219,6 +219,7 @@ class MNISTSVHN:
 
     @property
     def root_path(self) -> Path:
+        """The folder the data set's files are read from (``root`` or the default data folder)."""
         return resolve_root(self.root, self._folder)
 
     def _network(self, name: str) -> NetworkSpec:
@@ -236,6 +237,7 @@ class MNISTSVHN:
         )
 
     def modalities(self) -> list[Modality]:
+        """The data set's modality specs (shape, likelihood, networks), after checking its files."""
         self.check()
         return [
             self._image("mnist", (1, 28, 28), self.mnist_network),
@@ -352,6 +354,7 @@ class MNISTSVHNText(MNISTSVHN):
         check_alphabet(self.alphabet, DIGIT_WORDS, int(self.text_length) - 1, self._name)
 
     def modalities(self) -> list[Modality]:
+        """The data set's modality specs (shape, likelihood, networks), after checking its files."""
         text = Modality(
             "text",
             (int(self.text_length),),

@@ -116,6 +116,7 @@ class PolyDigits:
 
     @property
     def names(self) -> list[str]:
+        """Modality names, in order."""
         return [f"m{m}" for m in range(int(self.num_modalities))]
 
     def _network(self, name: str) -> NetworkSpec:

@@ -104,16 +104,19 @@ class PolyMNIST:
 
     @property
     def names(self) -> list[str]:
+        """Modality names, in order."""
         return [f"m{m}" for m in range(int(self.num_modalities))]
 
     @property
     def root_path(self) -> Path:
+        """The folder the data set's files are read from (``root`` or the default data folder)."""
         return resolve_root(self.root, self._folder)
 
     def _network(self, name: str) -> NetworkSpec:
         return network_spec(name, self.hidden_dim)
 
     def modalities(self) -> list[Modality]:
+        """The data set's modality specs (shape, likelihood, networks), after checking its files."""
         self.check()
         kwargs = likelihood_kwargs(self.likelihood, self.likelihood_scale)
         return [
@@ -232,6 +235,7 @@ class TranslatedPolyMNIST(PolyMNIST):
 
     @property
     def root_path(self) -> Path:
+        """The folder the data set's files are read from (``root`` or the default data folder)."""
         base = resolve_root(self.root, self._folder)
         sub = (
             base

@@ -161,6 +161,7 @@ class Linnerud(_TableSource):
         return views, {"exercise": [0, 0, 0], "physiology": [0, 0, 0]}, None
 
     def column_names(self) -> dict[str, list[str]]:
+        """Column names of each tabular modality, as scikit-learn names them."""
         from sklearn.datasets import load_linnerud
 
         raw = load_linnerud()
@@ -204,6 +205,7 @@ class Diabetes(_TableSource):
         return {"clinical": clinical, "serum": x[:, 4:]}, cards, labels
 
     def column_names(self) -> dict[str, list[str]]:
+        """Column names of each tabular modality, as scikit-learn names them."""
         from sklearn.datasets import load_diabetes
 
         names = list(load_diabetes().feature_names)
