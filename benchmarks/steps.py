@@ -15,7 +15,8 @@ MODELS = {
                       ("mvtcae", "MVTCAE"), ("crmvae", "CRMVAE"), ("dmvae", "DMVAE"), ("mmjsd", "MMJSD"),
                       ("gpoe", "GPoE"), ("mcvae", "MCVAE"), ("dvcca", "DVCCA"),
                       ("mmvae_plus", "MMVAEPlus"), ("cmvae", "CMVAE"), ("cvae", "CVAE"), ("telbo", "TELBO"),
-                      ("jnf", "JNF"), ("nexus", "Nexus"), ("mhvae", "MHVAE")]
+                      ("jnf", "JNF"), ("nexus", "Nexus"), ("mhvae", "MHVAE"),
+                      ("dccae", "DCCAE"), ("maae", "MAAE"), ("mwae", "MWAE")]
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["data", "models", "infer", "distributions", "metrics", "samplers", "training", "nn", "testing"]
+PACKAGES = ["data", "models", "infer", "distributions", "metrics", "samplers", "training", "nn", "testing", "hub"]
 
 
 def _undocumented(package: str) -> list[str]:

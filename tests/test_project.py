@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ci_runs_the_readme_test_command():
     readme = ROOT.joinpath("README.md").read_text()
     ci = ROOT.joinpath(".ci", "run").read_text()
-    test_command = 'pip install -e ".[test]" && pytest'
+    test_command = 'pip install -e ".[dev]" && pytest'
     assert f"python -m venv .venv && . .venv/bin/activate && {test_command}" in readme
     assert test_command in ci.splitlines()
 

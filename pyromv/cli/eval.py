@@ -16,6 +16,7 @@ that is not a training run); a user error ends in one line on stderr and exit st
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from ..metrics.evaluate import EvalConfig, evaluate, format_summary
 from ..models import load_model
 from .config import DATA_SOURCES
 from .errors import UsageError, job_errors, run_cli
+from .help import TEMPLATES as HELP_TEMPLATES
+from .sharing import check_push, push_run
 
 #: the resolver of ``pyromv-eval``'s ``hydra.run.dir`` (checks ``run_dir`` first)
 OUTPUT_DIR_RESOLVER = "pyromv_eval_output_dir"
@@ -44,11 +47,23 @@ class EvalJob(EvalConfig):
         A directory written by ``pyromv-train`` (``model/`` and ``.hydra/config.yaml``).
     output : str
         Sub-directory of ``run_dir`` that receives ``metrics.json`` and the pictures.
+    push_to_hub : str, optional
+        After the evaluation, upload the model with a model card (these metrics, the data, the
+        training command) to this Hugging Face Hub repository ``owner/name`` (:mod:`pyromv.hub`;
+        ``pip install 'pyromv[hub]'``, a token from ``hf auth login`` or ``HF_TOKEN``).
+    hub_private : bool
+        Create the Hub repository private.
+    hub_license : str, optional
+        Licence in the model card's metadata (a Hub licence id such as ``apache-2.0``, ``mit``).
     """
 
     run_dir: str = MISSING
     output: str = "eval"
-    hydra: Any = field(default_factory=lambda: {"run": {"dir": f"${{{OUTPUT_DIR_RESOLVER}:}}"}})
+    push_to_hub: str | None = None
+    hub_private: bool = False
+    hub_license: str | None = None
+    hydra: Any = field(default_factory=lambda: {"run": {"dir": f"${{{OUTPUT_DIR_RESOLVER}:}}"},
+                                                "help": HELP_TEMPLATES["eval"]})  # --help: pyromv.cli.help
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -136,15 +151,43 @@ def hydra_main(cfg: DictConfig) -> None:
     """The Hydra task of ``pyromv-eval`` (errors as Hydra reports them; :func:`main` is the script)."""
     with job_errors():
         out = Path(HydraConfig.get().runtime.output_dir)
+        repo_id = cfg.get("push_to_hub")
+        if repo_id:
+            check_push(repo_id)  # before the evaluation
         metrics = run(cfg.run_dir, _config(cfg), out)
         print(format_summary(metrics))
         print(f"outputs: {out}")
+        if repo_id:
+            push_run(cfg.run_dir, metrics, metrics["data"], repo_id, private=cfg.hub_private,
+                     license=cfg.hub_license)
+            print(f"pushed to https://huggingface.co/{repo_id} (load_model('hf://{repo_id}'))")
+
+
+#: Hydra's flags that take the next argument as their value
+_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--info", "-i", "--experimental-rerun")
+
+
+def refuse_bare_arguments(args: list[str]) -> None:
+    """A bare argument (``pyromv-eval outputs/run``) is no Hydra override: say how to call."""
+    for i, arg in enumerate(args):
+        if "=" in arg or arg.startswith(("-", "~")) or (i and args[i - 1] in _VALUE_FLAGS):
+            continue
+        if any(a.startswith("run_dir=") for a in args):
+            raise UsageError(f"unexpected argument {arg!r}: options are NAME=VALUE")
+        call = " ".join(f"run_dir={a}" if j == i else a for j, a in enumerate(args))
+        raise UsageError(f"options are NAME=VALUE; to evaluate the run directory {arg}, call: pyromv-eval {call}")
+
+
+def _main() -> None:
+    refuse_bare_arguments(sys.argv[1:])
+    hydra_main()
 
 
 def main() -> None:
     """``pyromv-eval``: a user error ends in one line and exit status 2 (``--debug`` or
     ``HYDRA_FULL_ERROR=1``: the traceback); see :mod:`pyromv.cli.errors`."""
-    run_cli("pyromv-eval", hydra_main)
+    run_cli("pyromv-eval", _main)
 
 
 if __name__ == "__main__":

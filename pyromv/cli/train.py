@@ -26,7 +26,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.missingness import mcar
+from ..data.missingness import feature_mcar, mcar
+from ..data.modality import MASK_AWARE
 from ..distributions.likelihoods import registered_likelihoods
 from ..metrics.evaluate import evaluate, format_summary
 from ..metrics.plots import generated_image_modalities, plot_cross_generation, plot_samples
@@ -35,7 +36,9 @@ from ..samplers import build_sampler, registered_samplers
 from ..samplers.job import fit_sampler_job
 from ..training import Trainer
 from .config import DATA_SOURCES, register_configs
+from .distributed import distributed_job, is_main_process, leave_distributed_job
 from .errors import UsageError, collapse, job_errors, options, run_cli
+from .tracking import Tracking, check_logger, logger_options
 
 register_configs()
 
@@ -50,6 +53,11 @@ def check_options(cfg: DictConfig, model_name: str, data_name: str) -> tuple[Any
     """
     if not 0.0 <= cfg.missing_rate <= 1.0:
         raise UsageError(f"missing_rate must be in [0, 1] (the MCAR rate of every modality), got {cfg.missing_rate}")
+    if not 0.0 <= cfg.get("feature_missing_rate", 0.0) < 1.0:
+        raise UsageError(f"feature_missing_rate must be in [0, 1) (the MCAR rate of every entry), "
+                         f"got {cfg.feature_missing_rate}")
+    if cfg.get("mask_aware", "auto") not in MASK_AWARE:
+        raise UsageError(f"mask_aware must be one of {', '.join(MASK_AWARE)}, got {cfg.mask_aware!r}")
     if cfg.num_threads < 0:
         raise UsageError(f"num_threads must be >= 0 (0 keeps torch's default), got {cfg.num_threads}")
     if cfg.plot_rows < 1:
@@ -79,20 +87,30 @@ def check_options(cfg: DictConfig, model_name: str, data_name: str) -> tuple[Any
     if cfg.evaluate:
         with options("evaluation"):
             OmegaConf.to_object(cfg.evaluation).validate()
+    check_logger(*logger_options(cfg))
     return source, model_config, trainer_config
 
 
 def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str, Any]:
-    """Train and evaluate as configured; write the outputs to ``out``; return the metrics."""
+    """Train and evaluate as configured; write the outputs to ``out``; return the metrics.
+    With ``logger=...`` the run is tracked (:class:`~pyromv.cli.tracking.Tracking`)."""
+    tracking = Tracking(*(logger_options(cfg) if is_main_process() else ("none", {})), out)  # rank 0 tracks
+    try:
+        metrics = _run(cfg, model_name, data_name, Path(out), tracking)
+    except BaseException:
+        tracking.close(success=False)
+        raise
+    tracking.close()
+    return metrics
+
+
+def _run(cfg: DictConfig, model_name: str, data_name: str, out: Path, tracking: Tracking) -> dict[str, Any]:
     start = time.perf_counter()
     source, model_config, trainer_config = check_options(cfg, model_name, data_name)
+    callbacks = tracking.open(OmegaConf.to_container(cfg, resolve=True))
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(trainer_config.seed)  # the networks' initial weights follow trainer.seed too
-    with options(f"model={model_name}"):  # the model and the trainer refuse what they cannot use
-        model = get_model_class(model_name)(source.modalities(), model_config)
-    with options("trainer"):
-        trainer = Trainer(model, config=trainer_config, checkpoint_dir=out / "checkpoint")
     with options(f"data={data_name}"):  # files not found name what is expected where
         try:
             train = source.load("train")  # the sources draw from their own generators, not torch's
@@ -103,7 +121,20 @@ def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str
             raise UsageError(f"data={data_name}: {collapse(str(err))} (data.root sets the folder)") from err
     if cfg.missing_rate > 0:
         train = mcar(train, cfg.missing_rate, seed=cfg.missing_seed)
+    if cfg.get("feature_missing_rate", 0.0) > 0:
+        train = feature_mcar(train, cfg.feature_missing_rate, seed=cfg.missing_seed)
+        test = feature_mcar(test, cfg.feature_missing_rate, seed=cfg.missing_seed + 1)
+    # the modality specs as the training data resolve them (mask_aware="auto": on where the data
+    # have feature-level missingness), or the user's mask_aware for every modality
+    setting = cfg.get("mask_aware", "auto")
+    specs = [m if setting == "auto" else dataclasses.replace(m, mask_aware=setting) for m in train.modalities]
+    with options(f"model={model_name}"):  # the model and the trainer refuse what they cannot use
+        model = get_model_class(model_name)(specs, model_config)
+    with options("trainer"):
+        trainer = Trainer(model, config=trainer_config, checkpoint_dir=out / "checkpoint", callbacks=callbacks)
     history = trainer.fit(train)
+    if not trainer.is_main_process:  # torchrun: rank 0 evaluates, writes and reports
+        return {"model": model_name, "data": data_name, "history": history, "main_process": False}
     test_loss = trainer.evaluate(test)
     save_model(model, out / "model")
     metrics = {
@@ -133,6 +164,7 @@ def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str
         metrics["evaluation"] = evaluate(
             model, test, source.load("train"), OmegaConf.to_object(cfg.evaluation), out_dir=out / "eval"
         )
+    tracking.log_results(metrics, step=trainer.epoch)
     return metrics
 
 
@@ -143,9 +175,14 @@ def hydra_main(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
         choices = hydra_cfg.runtime.choices
         data_name = choices["data"]
-        out = Path(hydra_cfg.runtime.output_dir)
+        out, main_process = distributed_job(cfg, Path(hydra_cfg.runtime.output_dir))  # torchrun: rank 0's folder
         metrics = run(cfg, choices["model"], data_name, out)
-        print(f"test ELBO: {metrics['test_elbo']:.3f} nats per row "
+        leave_distributed_job()
+        if not main_process:
+            return
+        what = "test ELBO" if getattr(get_model_class(choices["model"]), "has_likelihood", True) else \
+            "test objective (not a bound: the model has no likelihood)"
+        print(f"{what}: {metrics['test_elbo']:.3f} nats per row "
               f"({metrics['model']} on {metrics['data']}, {metrics['epochs']} epochs, "
               f"{metrics['seconds']:.0f} s)")
         if "sampler" in metrics:

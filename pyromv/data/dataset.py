@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .batch import MultimodalBatch
-from .modality import Modality
+from .modality import Modality, resolve_mask_aware
 from .validation import check_values, likelihood_head, validate_data
 
 
@@ -35,7 +35,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
         Entries that ``obs_mask`` marks missing may hold anything, NaN and inf included; they
         are replaced by zeros.
     obs_mask : dict of str to bool array, optional
-        ``(N,)`` or ``(N, *shape)``; ``True`` where observed. Default: all observed.
+        ``(N,)`` or ``(N, *shape)``; ``True`` where observed. Default: all observed. A modality
+        some row observes only in part gets ``mask_aware="on"`` in :attr:`modalities` where its
+        spec says ``"auto"`` (a model built from these specs gives its encoder the mask).
     labels : array, optional
         ``(N,)`` class labels (used by coherence metrics and plots, never by training).
     drop_empty : bool
@@ -62,6 +64,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         self.data, self.obs_mask, self.labels = validate_data(
             self.modalities, data, obs_mask, labels, drop_empty
         )
+        self.modalities = resolve_mask_aware(self.modalities, partially_observed(self.obs_mask))
 
     @classmethod
     def from_nan(
@@ -244,11 +247,22 @@ class MultimodalDataset(torch.utils.data.Dataset):
         new.data, new.obs_mask, new.labels = validate_data(
             self.modalities, self.data, obs_mask, self.labels, drop_empty, check_support=False
         )
+        new.modalities = resolve_mask_aware(self.modalities, partially_observed(new.obs_mask))
         return new
 
     def observed_fraction(self) -> dict[str, float]:
         """Fraction of rows that observe each modality."""
         return {m: float(self.batch().row_mask(m).float().mean()) for m in self.names}
+
+
+def partially_observed(obs_mask: Mapping[str, Tensor]) -> dict[str, bool]:
+    """Per modality: does some row observe some but not all of its entries (feature-level
+    missingness)? Such modalities get mask-aware encoders under ``mask_aware="auto"``."""
+    out = {}
+    for m, mask in obs_mask.items():
+        rows = mask.flatten(1) if mask.dim() > 1 else None
+        out[m] = rows is not None and bool((rows.any(1) & ~rows.all(1)).any())
+    return out
 
 
 def collate(rows: Sequence[Mapping[str, Any]]) -> MultimodalBatch:

@@ -49,8 +49,7 @@ def mcar(
 
     g = torch.Generator().manual_seed(seed)
     n = len(dataset)
-    batch = dataset.batch()
-    before = torch.stack([batch.row_mask(m) for m in names], 1)  # (N, M)
+    before = _row_matrix(dataset)  # (N, M)
     u = torch.rand(n, len(names), generator=g)
     drop = u < torch.tensor([rates[m] for m in names])
     after = before & ~drop
@@ -72,9 +71,10 @@ def mcar(
 
 
 def _row_matrix(dataset: MultimodalDataset) -> torch.Tensor:
-    """``(N, M)``: does row ``i`` observe anything of modality ``j``."""
-    batch = dataset.batch()
-    return torch.stack([batch.row_mask(m) for m in dataset.names], 1)
+    """``(N, M)``: does row ``i`` observe anything of modality ``j`` (from the masks alone: a
+    memory-mapped data set is not read)."""
+    masks = [dataset.obs_mask[m] for m in dataset.names]
+    return torch.stack([v if v.dim() == 1 else v.flatten(1).any(1) for v in masks], 1)
 
 
 def _apply_rows(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: values of :attr:`Modality.mask_aware`
+MASK_AWARE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,13 @@ class Modality:
     rescale : float
         Weight of this modality's log-likelihood in the objective (likelihood rescaling,
         Shi et al. 2019); ``1.0`` is the plain likelihood.
+    mask_aware : str
+        Does the encoder see the feature mask (``(x * m, m)``, or the observed set for the
+        ``"set"`` encoder; :mod:`pyromv.nn.masked`)? ``"on"``, ``"off"`` or ``"auto"``
+        (``True``/``False``/``None`` are accepted too). ``"auto"`` becomes ``"on"`` in the specs of
+        a :class:`~pyromv.data.MultimodalDataset` whose rows observe only some entries of this
+        modality, and ``"off"`` when a model is built from a spec still ``"auto"``; a model
+        records the resolved value (``config.json``), so it reloads identically.
     """
 
     name: str
@@ -69,6 +78,7 @@ class Modality:
     encoder: NetworkSpec = field(default_factory=NetworkSpec)
     decoder: NetworkSpec = field(default_factory=NetworkSpec)
     rescale: float = 1.0
+    mask_aware: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -91,6 +101,14 @@ class Modality:
                 f"modality {self.name!r}: rescale must be positive, got {self.rescale}"
             )
         object.__setattr__(self, "rescale", float(self.rescale))
+        setting = self.mask_aware
+        if setting is None or isinstance(setting, bool):
+            setting = {True: "on", False: "off", None: "auto"}[setting]
+        if setting not in MASK_AWARE:
+            raise ValueError(
+                f"modality {self.name!r}: mask_aware must be one of {list(MASK_AWARE)}, got {self.mask_aware!r}"
+            )
+        object.__setattr__(self, "mask_aware", setting)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of the fields (inverse of ``from_dict``)."""
@@ -106,3 +124,17 @@ class Modality:
         d = dict(d)
         d["shape"] = tuple(d["shape"])
         return cls(**d)
+
+
+def resolve_mask_aware(modalities: Sequence[Modality], partial: Mapping[str, bool],
+                       auto: str = "auto") -> list[Modality]:
+    """The specs with each ``mask_aware="auto"`` made ``"on"`` where ``partial[name]`` (the data
+    observe only some entries of the modality in some row) and ``auto`` (``"auto"`` or
+    ``"off"``) elsewhere; ``"on"``/``"off"`` are kept: the user's choice wins."""
+    out = []
+    for m in modalities:
+        if m.mask_aware == "auto":
+            setting = "on" if partial.get(m.name, False) else auto
+            m = m if setting == "auto" else replace(m, mask_aware=setting)
+        out.append(m)
+    return out

@@ -64,7 +64,7 @@ class ProductOfExperts(dist.Independent):
     ) -> None:
         _check_experts(loc, scale)
         mask = _check_mask(loc.shape[:-1], mask, loc.device)
-        precision = mask.unsqueeze(-1).to(loc.dtype) / scale.pow(2)
+        loc, precision = _masked_experts(loc, scale, mask)
         if not include_prior and not bool(mask.any(-1).all()):
             raise ValueError("ProductOfExperts without a prior expert needs an expert in every row")
         if weights is not None:
@@ -248,6 +248,20 @@ def _check_experts(loc: Tensor, scale: Tensor) -> None:
             f"expert loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must share one "
             "shape (*batch_shape, M, D)"
         )
+
+
+def _masked_experts(loc: Tensor, scale: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(loc, precision)`` with every masked-out expert replaced by ``(0, 0)`` through
+    ``torch.where`` *before* any arithmetic, so an excluded expert whose scale is 0, inf or NaN
+    (or whose loc is inf or NaN) adds exactly nothing: no ``0 / 0`` or ``0 * inf`` in the fused
+    parameters, and no NaN in their gradients (``where`` after the arithmetic would still
+    back-propagate ``0 * inf``)."""
+    keep = mask.unsqueeze(-1)
+    one = torch.ones((), dtype=scale.dtype, device=scale.device)
+    zero = torch.zeros((), dtype=loc.dtype, device=loc.device)
+    safe_scale = torch.where(keep, scale, one)
+    precision = torch.where(keep, safe_scale.pow(-2), zero)
+    return torch.where(keep, loc, zero), precision
 
 
 def _check_weights(weights: Tensor, shape: torch.Size, what: str) -> Tensor:

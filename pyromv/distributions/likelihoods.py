@@ -82,6 +82,19 @@ class LikelihoodHead(nn.Module):
         """What the encoder sees of the data (floats); identity for continuous data."""
         return x
 
+    def encoder_mask(self, mask: Tensor) -> Tensor:
+        """A feature mask ``(*batch, *shape)`` of the data as a mask ``(*batch, *input_shape)`` of
+        :meth:`encoder_input` (each entry's mask repeated over the input dims it becomes, e.g. its
+        one-hot code), for mask-aware encoders."""
+        n, extra = len(self.shape), len(self.input_shape) - len(self.shape)
+        if extra < 0 or tuple(self.input_shape[:n]) != tuple(self.shape):
+            raise NotImplementedError(
+                f"likelihood {self.name!r}: encoder input {self.input_shape} does not extend the data shape "
+                f"{self.shape}; override encoder_mask to map the feature mask onto it"
+            )
+        mask = mask.reshape(mask.shape + (1,) * extra)
+        return mask.expand(mask.shape[: mask.dim() - extra] + tuple(self.input_shape[n:]))
+
     def invalid(self, x: Tensor) -> Tensor:
         """Boolean mask, the shape of ``x`` ``(N, *shape)``: the entries outside the support.
 

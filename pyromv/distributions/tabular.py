@@ -267,6 +267,13 @@ class TabularHead(LikelihoodHead):
     def input_shape(self) -> tuple[int, ...]:
         return self.param_shape
 
+    def encoder_mask(self, mask: Tensor) -> Tensor:
+        """The column mask ``(*batch, C)`` on :meth:`encoder_input`'s layout: continuous columns,
+        then each categorical column's mask repeated over its one-hot code."""
+        parts = [mask[..., self.continuous]]
+        parts += [mask[..., j : j + 1].expand(mask.shape[:-1] + (self.cardinalities[j],)) for j in self.categorical]
+        return torch.cat(parts, -1)
+
     def encoder_input(self, x: Tensor) -> Tensor:
         dtype = torch.get_default_dtype()
         parts = [x[..., self.continuous].to(dtype)]

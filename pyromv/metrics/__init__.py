@@ -1,6 +1,7 @@
-"""Evaluation: importance-weighted likelihoods with PSIS diagnostics, coherence, FID,
-reconstruction, clustering and plots."""
+"""Evaluation: importance-weighted and annealed likelihoods with their diagnostics, imputation,
+coherence, FID, reconstruction, clustering and plots."""
 
+from .ais import BDMCResult, Simulated, annealed_log_likelihood, annealing_schedule, bdmc, simulate
 from .classifiers import (
     ClassifierConfig,
     ModalityClassifier,
@@ -19,8 +20,10 @@ from .fid import (
     frechet_distance,
     inception_extractor,
 )
+from .imputation import Imputation, imputation_error, impute
 from .likelihood import (
     ImportanceSamplingWarning,
+    LikelihoodOptions,
     LogLikelihood,
     importance_weights,
     log_likelihood,
@@ -33,16 +36,25 @@ from .plots import (
     plot_reconstructions,
     plot_samples,
 )
+from .proposals import DefensiveMixture
 from .reconstruction import reconstruction_error
 
 __all__ = [
+    "BDMCResult",
     "ClassifierConfig",
     "CoherenceResult",
+    "DefensiveMixture",
     "EvalConfig",
     "ImportanceSamplingWarning",
+    "Imputation",
     "InceptionFeatures",
+    "LikelihoodOptions",
     "LogLikelihood",
     "ModalityClassifier",
+    "Simulated",
+    "annealed_log_likelihood",
+    "annealing_schedule",
+    "bdmc",
     "classifier_accuracy",
     "cluster_latents",
     "cross_coherence",
@@ -53,6 +65,8 @@ __all__ = [
     "format_summary",
     "frechet_distance",
     "importance_weights",
+    "imputation_error",
+    "impute",
     "inception_extractor",
     "joint_coherence",
     "latent_means",
@@ -66,5 +80,6 @@ __all__ = [
     "predict",
     "proper_subsets",
     "reconstruction_error",
+    "simulate",
     "train_classifiers",
 ]

@@ -76,9 +76,11 @@ class ClassifierConfig:
     Attributes
     ----------
     epochs, batch_size, lr, weight_decay : Adam on the cross-entropy.
+        Epochs, rows per step, learning rate and weight decay of Adam on the cross-entropy.
     hidden_dim : int
         Width of the two hidden layers (and of the FID features).
     seed : int
+        Seeds the classifiers' initial weights and the shuffling of their batches.
     num_threads : int
         torch intra-op threads while training (restored afterwards); 0 keeps torch's setting.
         The networks are tiny: one thread is fastest, and on a busy machine several threads

@@ -21,7 +21,7 @@ from .classifiers import Classifier, ClassifierConfig, classifier_accuracy, trai
 from .clustering import cluster_latents, latent_means, model_clusters
 from .coherence import cross_coherence, joint_coherence
 from .fid import FeatureExtractor, InceptionFeatures, fid
-from .likelihood import ImportanceSamplingWarning, log_likelihood
+from .likelihood import ImportanceSamplingWarning, LikelihoodOptions, log_likelihood
 from .reconstruction import reconstruction_error
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,13 @@ class EvalConfig:
     embedding : str
         ``"pca"`` or ``"tsne"`` for the latent-space picture.
     seed : int
+        Seeds every random draw of the evaluation (rows, particles, samples, embeddings).
     progress : bool
         Progress bars.
+    likelihood : LikelihoodOptions
+        The likelihood estimator: ``method`` (``"iwae"`` or ``"ais"``), the importance-sampling
+        ``proposal`` (``"guide"`` or ``"defensive"``) and ``adaptive`` K, AIS's ``num_steps`` and
+        ``num_chains`` (``likelihood.method=ais`` on the command line; docs/likelihood.md).
     """
 
     num_particles: int = 1000
@@ -87,6 +92,7 @@ class EvalConfig:
     embedding: str = "pca"
     seed: int = 0
     progress: bool = True
+    likelihood: LikelihoodOptions = field(default_factory=LikelihoodOptions)
 
     def validate(self) -> None:
         """Check the options; raise ValueError/TypeError naming the first bad one."""
@@ -98,6 +104,7 @@ class EvalConfig:
             raise ValueError(f"evaluation: max_rows must be >= 0, got {self.max_rows!r}")
         if self.embedding not in ("pca", "tsne"):
             raise ValueError(f"evaluation: embedding must be 'pca' or 'tsne', got {self.embedding!r}")
+        self.likelihood.validate()
 
 
 #: The small budget ``pyromv-train`` evaluates with at the end of training.
@@ -112,8 +119,12 @@ def _likelihood(model: MultimodalVAE, data: MultimodalDataset, cfg: EvalConfig, 
         warnings.simplefilter("always", ImportanceSamplingWarning)
         result = log_likelihood(
             model, data, cfg.num_particles, batch_size=cfg.batch_size,
-            particle_chunk=cfg.particle_chunk, seed=cfg.seed, progress=cfg.progress, **kw,
+            particle_chunk=cfg.particle_chunk, seed=cfg.seed, progress=cfg.progress,
+            **cfg.likelihood.kwargs(), **kw,
         )
+    if result.method != "iwae" and result.passed is not None and not bool(result.passed.all()):
+        log.warning("%d of %d rows fail the %s diagnostic: their estimates are not trustworthy",
+                    int((~result.passed).sum()), result.passed.numel(), result.method)
     for w in caught:
         if issubclass(w.category, ImportanceSamplingWarning):
             log.warning("%s", w.message)
@@ -187,8 +198,13 @@ def evaluate(
 
     # ---- likelihoods
     rows = _subset(test, cfg.max_rows, cfg.seed)
-    out["log_likelihood"] = _likelihood(model, rows, cfg)
-    if cfg.conditional and len(model.names) > 1:
+    if not getattr(model, "has_likelihood", True):  # deterministic autoencoders: no p(X) to estimate
+        out["skipped"]["log_likelihood"] = f"{model.name} has no likelihood (deterministic codes)"
+        if cfg.conditional:
+            out["skipped"]["conditional_log_likelihood"] = out["skipped"]["log_likelihood"]
+    else:
+        out["log_likelihood"] = _likelihood(model, rows, cfg)
+    if cfg.conditional and len(model.names) > 1 and getattr(model, "has_likelihood", True):
         out["conditional_log_likelihood"] = {}
         for m in model.generated_modalities:
             others = [o for o in model.names if o != m]
@@ -297,8 +313,10 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     if ll:
         lines.append(
             f"test log-likelihood: {ll['mean']:.2f} ± {ll['stderr']:.2f} (s.e.) nats per row "
-            f"(K={ll['num_particles']}, {ll['rows']} rows, k-hat > {ll['khat_threshold']}: "
-            f"{_pct(ll['khat_fraction_above_threshold'])} of rows)"
+            f"({_estimator(ll)}, {ll['rows']} rows, k-hat > {ll['khat_threshold']}: "
+            f"{_pct(ll['khat_fraction_above_threshold'])} of rows"
+            + (f", passing their diagnostic: {_pct(ll['passed_fraction'])}" if ll.get("passed_fraction")
+               is not None else "") + ")"
         )
     for m, c in (metrics.get("conditional_log_likelihood") or {}).items():
         lines.append(
@@ -323,6 +341,16 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
         lines.append("reconstruction MSE (self / cross): "
                      + ", ".join(f"{m} {v['self']:.4f} / {v['cross']:.4f}" for m, v in rec.items()))
     return "\n".join(lines)
+
+
+def _estimator(summary: Mapping[str, Any]) -> str:
+    """``K=1000`` (importance sampling), ``defensive IS, K=1000``, ``AIS, T=200, 16 chains``."""
+    if summary.get("method", "iwae") == "ais":
+        return f"AIS, T={summary.get('num_steps')}, {summary.get('num_chains')} chains"
+    what = "defensive IS, " if summary.get("proposal") == "defensive" else ""
+    if summary.get("particles_max") is not None:
+        return f"{what}adaptive K={summary['num_particles']}..{summary['particles_max']}"
+    return f"{what}K={summary['num_particles']}"
 
 
 def _pct(x: float | None) -> str:

@@ -5,12 +5,14 @@ from .cmvae import CMVAE, CMVAEConfig
 from .config import ModelConfig
 from .crmvae import CRMVAE, CRMVAEConfig
 from .cvae import CVAE, CVAEConfig
+from .dccae import DCCAE, DCCAEConfig
 from .dmvae import DMVAE, DMVAEConfig
 from .dvcca import DVCCA, DVCCAConfig
 from .gpoe import GPoE, GPoEConfig
 from .io import build_model, load_model, save_model
 from .jmvae import JMVAE, JMVAEConfig
 from .jnf import JNF, JNFConfig
+from .maae import MAAE, MAAEConfig
 from .mcvae import MCVAE, MCVAEConfig
 from .mhvae import MHVAE, MHVAEConfig
 from .mmjsd import MMJSD, MMJSDConfig
@@ -19,6 +21,7 @@ from .mmvae_plus import MMVAEPlus, MMVAEPlusConfig
 from .mopoe import MoPoE, MoPoEConfig
 from .mvae import MVAE, MVAEConfig
 from .mvtcae import MVTCAE, MVTCAEConfig
+from .mwae import MWAE, MWAEConfig
 from .nexus import Nexus, NexusConfig
 from .registry import get_model_class, register_model, registered_models
 from .telbo import TELBO, TELBOConfig
@@ -30,6 +33,8 @@ __all__ = [
     "CRMVAEConfig",
     "CVAE",
     "CVAEConfig",
+    "DCCAE",
+    "DCCAEConfig",
     "DMVAE",
     "DMVAEConfig",
     "DVCCA",
@@ -40,6 +45,8 @@ __all__ = [
     "JMVAEConfig",
     "JNF",
     "JNFConfig",
+    "MAAE",
+    "MAAEConfig",
     "MCVAE",
     "MCVAEConfig",
     "MHVAE",
@@ -54,6 +61,8 @@ __all__ = [
     "MVAEConfig",
     "MVTCAE",
     "MVTCAEConfig",
+    "MWAE",
+    "MWAEConfig",
     "ModelConfig",
     "MoPoE",
     "MoPoEConfig",

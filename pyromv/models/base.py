@@ -20,7 +20,7 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
 
 from ..data.batch import MultimodalBatch
-from ..data.modality import Modality
+from ..data.modality import Modality, resolve_mask_aware
 from ..data.validation import check_modalities
 from ..distributions.gathered import GatheredLikelihood
 from ..distributions.likelihoods import build_likelihood
@@ -70,7 +70,8 @@ class MultimodalVAE(PyroModule):
         config = dataclasses.replace(config)  # our own copy: never mutate the caller's
         config.validate()
         self.config = config
-        self.modalities = list(specs.values())
+        # a spec still "auto" here met no data with feature masks: record it as "off"
+        self.modalities = resolve_mask_aware(list(specs.values()), {}, auto="off")
         D = config.latent_dim
         self.private_dim = int(getattr(config, "private_latent_dim", 0))
         self.likelihoods = nn.ModuleDict()
@@ -79,7 +80,8 @@ class MultimodalVAE(PyroModule):
         for m in self.modalities:
             head = build_likelihood(m.likelihood, m.shape, m.likelihood_kwargs)
             self.likelihoods[m.name] = head
-            self.encoders[m.name] = build_encoder(m.encoder.name, m.encoder.kwargs, head.input_shape, D)
+            self.encoders[m.name] = build_encoder(m.encoder.name, m.encoder.kwargs, head.input_shape, D,
+                                                  mask_aware=m.mask_aware == "on")
             self.decoders[m.name] = build_decoder(
                 m.decoder.name, m.decoder.kwargs, D + self.private_dim, head.param_shape
             )
@@ -87,7 +89,7 @@ class MultimodalVAE(PyroModule):
             # modality-specific latents w_m ~ N(0, I) with encoders q(w_m | x_m)
             self.private_encoders = nn.ModuleDict({
                 m.name: build_encoder(m.encoder.name, m.encoder.kwargs, self.likelihoods[m.name].input_shape,
-                                      self.private_dim)
+                                      self.private_dim, mask_aware=m.mask_aware == "on")
                 for m in self.modalities
             })
         sizes = {m.name: math.prod(m.shape) for m in self.modalities}
@@ -158,13 +160,29 @@ class MultimodalVAE(PyroModule):
             raise ValueError(f"batch has modalities {batch.names}; the model expects {self.names}")
 
     # ------------------------------------------------------------------ encoders
+    def encoder_mask(self, name: str, batch: MultimodalBatch) -> Tensor:
+        """The observed entries of modality ``name`` on its encoder input, ``(B, *input_shape)``
+        (a row mask ``(B,)`` is spread over the whole row)."""
+        head = self.likelihoods[name]
+        mask = batch.obs_mask[name]
+        if mask.dim() == 1:
+            mask = mask.reshape(mask.shape + (1,) * len(head.shape)).expand(mask.shape + head.shape)
+        return head.encoder_mask(mask)
+
+    def apply_encoder(self, net: nn.Module, name: str, batch: MultimodalBatch) -> Any:
+        """Run an encoder of modality ``name`` on the batch: ``net(x)`` on the encoder input, or
+        ``net(x, mask)`` with :meth:`encoder_mask` for a mask-aware one (``net.takes_mask``)."""
+        x = self.likelihoods[name].encoder_input(batch.data[name])
+        if getattr(net, "takes_mask", False):
+            return net(x, self.encoder_mask(name, batch))
+        return net(x)
+
     def experts(self, batch: MultimodalBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Unimodal experts ``q_m(z | x_m)``: ``loc``, ``scale`` of shape ``(B, M, D)`` and
         the expert mask ``(B, M)`` (row observes modality ``m``)."""
         locs, scales, masks = [], [], []
         for m in self.modalities:
-            x = self.likelihoods[m.name].encoder_input(batch.data[m.name])
-            loc, scale = self.encoders[m.name](x)
+            loc, scale = self.apply_encoder(self.encoders[m.name], m.name, batch)
             locs.append(loc)
             scales.append(scale)
             masks.append(batch.row_mask(m.name))
@@ -249,8 +267,7 @@ class MultimodalVAE(PyroModule):
 
     def private_posterior(self, batch: MultimodalBatch, name: str) -> dist.TorchDistribution:
         """``q(w_m | x_m)`` of each row, batch shape ``(B,)``."""
-        x = self.likelihoods[name].encoder_input(batch.data[name])
-        loc, scale = self.private_encoders[name](x)
+        loc, scale = self.apply_encoder(self.private_encoders[name], name, batch)
         return dist.Normal(loc, scale).to_event(1)
 
     def sample_private(self, batch: MultimodalBatch, guide: bool, proposal: bool = False) -> dict[str, Tensor]:
@@ -419,6 +436,14 @@ class MultimodalVAE(PyroModule):
         """Decode ``n`` draws from the prior into every modality (means of ``p(x_m | z)``)."""
         z = self.prior().sample((n,))
         return self._point(z, targets)
+
+    def impute(self, dataset: Any, num_samples: int = 1000, **kwargs: Any) -> Any:
+        """Fill the missing entries and modalities of ``dataset`` by self-normalised importance
+        sampling (MIWAE, Mattei & Frellsen 2019): :func:`pyromv.metrics.imputation.impute`,
+        which documents the options; returns its :class:`~pyromv.metrics.imputation.Imputation`."""
+        from ..metrics.imputation import impute
+
+        return impute(self, dataset, num_samples, **kwargs)
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:

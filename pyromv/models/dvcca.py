@@ -86,8 +86,7 @@ class DVCCA(MultimodalVAE):
         """``q(z | x_1)`` on rows observing the encoding view; elsewhere the extension's product
         of the prior and the observed views' experts (the prior on rows observing nothing)."""
         has_view = batch.row_mask(self.view)
-        x = self.likelihoods[self.view].encoder_input(batch.data[self.view])
-        loc, scale = self.encoders[self.view](x)
+        loc, scale = self.apply_encoder(self.encoders[self.view], self.view, batch)
         others = [m for m in self.names if m != self.view]
         seen = torch.stack([batch.row_mask(m) for m in others], -1) if others else None
         fallback = ~has_view if seen is None else ~has_view & seen.any(-1)
@@ -109,7 +108,7 @@ class DVCCA(MultimodalVAE):
         B = batch.batch_size
         if not others:
             return self.prior_loc.expand(B, -1), self.prior_scale.expand(B, -1)
-        locs, scales = zip(*(self.encoders[m](self.likelihoods[m].encoder_input(batch.data[m])) for m in others))
+        locs, scales = zip(*(self.apply_encoder(self.encoders[m], m, batch) for m in others))
         poe = ProductOfExperts(torch.stack(locs, -2), torch.stack(scales, -2), seen, self.prior_loc, self.prior_scale)
         return poe.loc, poe.scale
 

@@ -66,7 +66,16 @@ def save_model(model: MultimodalVAE, folder: str | os.PathLike) -> Path:
 
 
 def load_model(folder: str | os.PathLike, map_location: str = "cpu") -> MultimodalVAE:
-    """Rebuild a model saved by :func:`save_model` from its folder alone."""
+    """Rebuild a model saved by :func:`save_model` from its folder alone.
+
+    ``folder`` may also be ``"hf://owner/name[@revision]"``: a Hugging Face Hub repository
+    (:func:`pyromv.hub.hub_folder`: only ``config.json`` and ``model.safetensors`` are fetched,
+    through the Hugging Face cache; needs ``pip install 'pyromv[hub]'``).
+    """
+    if isinstance(folder, str) and folder.startswith("hf://"):
+        from ..hub import hub_folder  # the sharing layer sits above the models: imported on use
+
+        folder = hub_folder(folder)
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (config_path, weights_path):

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..data.batch import MultimodalBatch
 from ..distributions.fusion import ProductOfExperts
+from ..nn.masked import masked_values
 from ..nn.mlp import MLPEncoder
 
 
@@ -24,11 +25,17 @@ class JointEncoderMixin:
 
     def _build_joint_encoder(self, hidden_dims: Sequence[int]) -> None:
         width = sum(math.prod(self.likelihoods[m].input_shape) for m in self.names)
-        self.joint_encoder = MLPEncoder((width,), self.config.latent_dim, list(hidden_dims))
+        # mask-aware when any modality is: the joint MLP then also sees every modality's mask
+        self.joint_mask_aware = any(m.mask_aware == "on" for m in self.modalities)
+        factor = 2 if self.joint_mask_aware else 1
+        self.joint_encoder = MLPEncoder((factor * width,), self.config.latent_dim, list(hidden_dims))
 
     def joint_params(self, batch: MultimodalBatch) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` ``(B, D)`` of the joint encoder (meaningful on complete rows)."""
         parts = [self.likelihoods[m].encoder_input(batch.data[m]).flatten(1) for m in self.names]
+        if getattr(self, "joint_mask_aware", False):
+            masks = [self.encoder_mask(m, batch).flatten(1) for m in self.names]
+            parts = [masked_values(p, k)[0] for p, k in zip(parts, masks)] + [k.to(parts[0].dtype) for k in masks]
         return self.joint_encoder(torch.cat(parts, -1))
 
     @staticmethod

@@ -142,7 +142,8 @@ class MHVAE(MultimodalVAE):
         self.top_experts = nn.ModuleDict()
         for m in self.modalities:  # replace the base's networks: features out, z_1 in
             head = self.likelihoods[m.name]
-            self.encoders[m.name] = build_encoder(m.encoder.name, m.encoder.kwargs, head.input_shape, c.feature_dim)
+            self.encoders[m.name] = build_encoder(m.encoder.name, m.encoder.kwargs, head.input_shape, c.feature_dim,
+                                                  mask_aware=m.mask_aware == "on")
             self.decoders[m.name] = build_decoder(m.decoder.name, m.decoder.kwargs, self.level_sizes[-1],
                                                   head.param_shape)
             self.bottom_up[m.name] = nn.ModuleList(mlp([feature_sizes[i], H], "relu", final_activation=True)
@@ -191,7 +192,7 @@ class MHVAE(MultimodalVAE):
         feats: list[list[Tensor]] = [[] for _ in range(self.num_levels - 1)]
         locs, scales = [], []
         for m in self.names:
-            loc, scale = self.encoders[m](self.likelihoods[m].encoder_input(batch.data[m]))
+            loc, scale = self.apply_encoder(self.encoders[m], m, batch)
             d = torch.cat([loc, scale.log()], -1)
             for i, block in enumerate(self.bottom_up[m]):
                 feats[i].append(d)

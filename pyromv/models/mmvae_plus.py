@@ -107,8 +107,7 @@ class MMVAEPlus(MMVAE):
 
     def private_posterior(self, batch: MultimodalBatch, name: str) -> dist.TorchDistribution:
         """``q(w_m | x_m)`` of each row, batch shape ``(B,)``, in the model's family."""
-        x = self.likelihoods[name].encoder_input(batch.data[name])
-        loc, scale = self.private_encoders[name](x)
+        loc, scale = self.apply_encoder(self.private_encoders[name], name, batch)
         return self.family(loc, scale).to_event(1)
 
     def auxiliary_prior(self) -> dist.TorchDistribution:

@@ -163,7 +163,7 @@ class Nexus(MultimodalVAE):
             for m in self.modalities:
                 head = self.likelihoods[m.name]
                 self.encoders[m.name] = build_encoder(m.encoder.name, m.encoder.kwargs, head.input_shape,
-                                                      self.bottom_dim)
+                                                      self.bottom_dim, mask_aware=m.mask_aware == "on")
                 self.decoders[m.name] = build_decoder(m.decoder.name, m.decoder.kwargs, self.bottom_dim,
                                                       head.param_shape)
         self.message_encoders = nn.ModuleDict({m: nn.Linear(self.bottom_dim, c.message_dim) for m in self.names})
@@ -179,7 +179,7 @@ class Nexus(MultimodalVAE):
     # ------------------------------------------------------------------ distributions
     def bottom_posterior(self, batch: MultimodalBatch, name: str) -> dist.TorchDistribution:
         """``q(z_m | x_m)`` of each row, batch shape ``(B,)``."""
-        loc, scale = self.encoders[name](self.likelihoods[name].encoder_input(batch.data[name]))
+        loc, scale = self.apply_encoder(self.encoders[name], name, batch)
         return dist.Normal(loc, scale).to_event(1)
 
     def bottom_prior(self) -> dist.TorchDistribution:

@@ -21,12 +21,22 @@ def register_model(name: str) -> Callable[[type], type]:
 
 
 def get_model_class(name: str) -> type:
-    """The model class registered under ``name``; ValueError listing the registered names."""
+    """The model class registered under ``name``; ValueError listing the registered names.
+
+    A name not registered yet triggers the import of the plugins (:mod:`pyromv.models.plugins`).
+    """
+    if name not in _MODELS:
+        from .plugins import load_plugins
+
+        load_plugins()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {sorted(_MODELS)}")
     return _MODELS[name]
 
 
 def registered_models() -> list[str]:
-    """Names of the registered models, sorted."""
+    """Names of the registered models (plugins included), sorted."""
+    from .plugins import load_plugins
+
+    load_plugins()
     return sorted(_MODELS)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .layers import GaussianHead, activation, flatten_leading
+from .layers import activation, flatten_leading, gaussian_head
 from .registry import register_decoder, register_encoder
 
 
@@ -24,11 +24,13 @@ def _spatial_after(size: int, n_layers: int) -> int:
 
 @register_encoder("conv")
 class ConvEncoder(nn.Module):
-    """Stride-2 convolutions (each halves H and W), then a dense layer and a Gaussian head."""
+    """Stride-2 convolutions (each halves H and W), then a dense layer and a Gaussian head
+    (``head``: ``"loc_scale"`` or ``"natural"``, as :class:`~pyromv.nn.mlp.MLPEncoder`)."""
 
     def __init__(
         self, input_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64),
-        hidden_dim: int = 128, activation_name: str = "relu",
+        hidden_dim: int = 128, activation_name: str = "relu", head: str = "loc_scale",
+        head_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
@@ -44,7 +46,7 @@ class ConvEncoder(nn.Module):
         hs, ws = _spatial_after(h, len(channels)), _spatial_after(w, len(channels))
         layers += [nn.Flatten(), nn.Linear(c * hs * ws, hidden_dim), activation(activation_name)]
         self.body = nn.Sequential(*layers)
-        self.head = GaussianHead(hidden_dim, latent_dim)
+        self.head = gaussian_head(head, hidden_dim, latent_dim, **dict(head_kwargs or {}))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         flat, lead = flatten_leading(x, 3)

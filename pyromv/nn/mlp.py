@@ -8,23 +8,27 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import GaussianHead, mlp
+from .layers import NaturalHead, gaussian_head, mlp
 from .registry import register_decoder, register_encoder
 
 
 @register_encoder("mlp")
 class MLPEncoder(nn.Module):
-    """``x -> flatten -> [Linear, act]* -> (loc, scale)``."""
+    """``x -> flatten -> [Linear, act]* -> (loc, scale)``.
+
+    ``head``: ``"loc_scale"`` (``scale = softplus(.) + min_scale``) or ``"natural"``
+    (:class:`~pyromv.nn.layers.NaturalHead`, options in ``head_kwargs``).
+    """
 
     def __init__(
         self, input_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int] = (128, 128),
-        activation: str = "relu",
+        activation: str = "relu", head: str = "loc_scale", head_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         sizes = [math.prod(self.input_shape), *hidden_dims]
         self.body = mlp(sizes, activation, final_activation=True)
-        self.head = GaussianHead(sizes[-1], latent_dim)
+        self.head = gaussian_head(head, sizes[-1], latent_dim, **dict(head_kwargs or {}))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = x.reshape(x.shape[: x.dim() - len(self.input_shape)] + (-1,))
@@ -51,19 +55,31 @@ class MLPDecoder(nn.Module):
 class LinearEncoder(nn.Module):
     """Affine ``loc = A x + a`` with a learned, input-independent scale.
 
-    Exact for linear-Gaussian data.
+    Exact for linear-Gaussian data. With ``head="natural"`` it is affine in natural parameters
+    instead, ``eta = A x + a``, ``lambda = B x + c`` (:class:`~pyromv.nn.layers.NaturalHead`):
+    mask-aware (input ``(x * m, m)``) it holds the exact expert of a linear-Gaussian modality
+    under feature-level missingness (latent of dimension 1 or axis-aligned loadings).
     """
 
     def __init__(
-        self, input_shape: Sequence[int], latent_dim: int, init_scale: float = 1.0
+        self, input_shape: Sequence[int], latent_dim: int, init_scale: float = 1.0,
+        head: str = "loc_scale", head_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
-        self.linear = nn.Linear(math.prod(self.input_shape), latent_dim)
-        self.log_scale = nn.Parameter(torch.full((latent_dim,), math.log(init_scale)))
+        width = math.prod(self.input_shape)
+        if head == "natural":
+            self.natural = NaturalHead(width, latent_dim, **dict(head_kwargs or {}))
+        elif head == "loc_scale":
+            self.linear = nn.Linear(width, latent_dim)
+            self.log_scale = nn.Parameter(torch.full((latent_dim,), math.log(init_scale)))
+        else:
+            raise ValueError(f"unknown encoder head {head!r}; choose from ['loc_scale', 'natural']")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = x.reshape(x.shape[: x.dim() - len(self.input_shape)] + (-1,))
+        if hasattr(self, "natural"):
+            return self.natural(h)
         loc = self.linear(h)
         return loc, self.log_scale.exp().expand(loc.shape)
 

@@ -56,9 +56,22 @@ def _build(
 
 
 def build_encoder(
-    name: str, kwargs: Mapping[str, Any], input_shape: tuple[int, ...], latent_dim: int
+    name: str, kwargs: Mapping[str, Any], input_shape: tuple[int, ...], latent_dim: int,
+    mask_aware: bool = False,
 ) -> nn.Module:
-    """Build the encoder registered as ``name`` mapping ``input_shape`` to ``latent_dim`` (loc, scale)."""
+    """Build the encoder registered as ``name`` mapping ``input_shape`` to ``latent_dim`` (loc, scale).
+
+    ``mask_aware=True``: the network also sees the feature mask, ``forward(x, mask)``. An encoder
+    that takes the mask itself (class attribute ``takes_mask``, e.g. ``"set"``) is built as is;
+    any other is built for the first event dim doubled and wrapped in
+    :class:`~pyromv.nn.masked.MaskConcat`, which feeds it ``(x * m, m)``.
+    """
+    if mask_aware and not getattr(_ENCODERS.get(name), "takes_mask", False):
+        from .masked import MaskConcat
+
+        net = _build(_ENCODERS, "encoder", name, kwargs, input_shape=MaskConcat.widened(input_shape),
+                     latent_dim=latent_dim)
+        return MaskConcat(net, input_shape)
     return _build(
         _ENCODERS, "encoder", name, kwargs, input_shape=tuple(input_shape), latent_dim=latent_dim
     )

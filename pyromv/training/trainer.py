@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..data.dataset import MultimodalDataset
 from ..infer import KLWarmup
 from ..models.base import MultimodalVAE
+from . import distributed as ddp
 from .checkpoint import (
     CheckpointWarning,
     CorruptCheckpointError,
@@ -30,6 +31,7 @@ from .checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
+from .progress import progress_text
 from .stages import Stage, frozen_except
 
 
@@ -84,6 +86,24 @@ def default_optimizer(parameters, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=lr)
 
 
+class _BatchFetcher(torch.utils.data.Dataset):
+    """A DataLoader data set whose items are whole batches: ``fetcher[indices]`` is
+    ``dataset.batch(indices)`` (decoded in the worker process; ``None`` for no rows)."""
+
+    def __init__(self, dataset: MultimodalDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: torch.Tensor):
+        return self.dataset.batch(indices) if len(indices) else None
+
+
+def _no_collate(batch):
+    return batch
+
+
 @dataclass
 class TrainerConfig:
     """Options of :class:`Trainer` (also a Hydra structured config).
@@ -121,6 +141,19 @@ class TrainerConfig:
         The default 20 is twice the largest rise (9.6 robust standard deviations) seen in
         15-epoch runs of every registered model at lr 1e-2 on tiny data, where overfitting can
         double the validation loss within a few epochs; a diverging run rises by thousands.
+    num_workers : int
+        Build the training batches in this many ``torch.utils.data.DataLoader`` worker
+        processes (for data sets that decode rows as they are read: byte images, memory maps).
+        The batches are the same as with 0 (the default: batches by tensor indexing in the main
+        process): the epoch's permutation is drawn in the main process from the same generator.
+    distributed : bool or None
+        Data-parallel training over the processes of a ``torch.distributed`` job
+        (``torchrun --nproc_per_node=N -m pyromv.cli.train ...``; gloo on CPUs, NCCL on GPUs).
+        ``None`` (default) turns it on when the environment says ``WORLD_SIZE > 1``. Each global
+        batch of ``batch_size`` rows is split across the ranks and the per-rank gradients of the
+        summed loss are all-reduced with SUM: the update equals one process's on the whole batch
+        (:mod:`pyromv.training.distributed`). Rank 0 alone writes checkpoints; they do not
+        depend on the number of processes (resume with any).
     """
 
     epochs: int = 30
@@ -135,6 +168,8 @@ class TrainerConfig:
     validate_pyro: bool = False
     progress: bool = True
     divergence_threshold: float = DEFAULT_DIVERGENCE_THRESHOLD
+    num_workers: int = 0
+    distributed: bool | None = None
 
 
 class Trainer:
@@ -170,7 +205,10 @@ class Trainer:
     config : TrainerConfig, optional
     checkpoint_dir : path, optional
     callbacks : sequence of callables
-        Called as ``callback(trainer, record)`` after each epoch with the epoch's metrics.
+        Called as ``callback(trainer, record)`` after each epoch with the epoch's metrics; a
+        callback with an ``on_step`` method is also called as ``callback.on_step(trainer, loss)``
+        after each optimisation step with the step's loss per row (the trackers of
+        :mod:`pyromv.training.loggers` are such callbacks).
     """
 
     def __init__(
@@ -212,11 +250,14 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.stopped_early = False  # the current stage stopped early
         self.optimizer = optimizer or self._stage_optimizer()
+        auxiliary = self._auxiliary_parameters()
+        self.auxiliary_optimizer = default_optimizer(auxiliary, self.config.lr) if auxiliary else None
         self._best_known = False  # checkpoint_dir/best belongs to this run
         self._last_good: Path | None = None  # the verified or freshly written training checkpoint of this run
         self._best_floor: tuple[int, float] | None = None  # (stage, validation loss) of checkpoint_dir/best
         self._steps_per_epoch = 1
         self._warmup_steps = 0
+        self._dist: tuple[int, int] | None = None  # (rank, world size) while training distributed
 
     @property
     def stage(self) -> Stage:
@@ -231,7 +272,31 @@ class Trainer:
     def _stage_optimizer(self) -> torch.optim.Optimizer:
         if self._given_optimizer is not None:
             return self._given_optimizer
-        return default_optimizer(self.stage.parameters(self.model), self.config.lr)
+        auxiliary = {id(p) for p in self._auxiliary_parameters()}  # trained by their own optimiser
+        return default_optimizer([p for p in self.stage.parameters(self.model) if id(p) not in auxiliary],
+                                 self.config.lr)
+
+    def _auxiliary_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the model trains with a second optimiser on ``model.auxiliary_loss(batch)``
+        (``model.auxiliary_parameters()``: an adversarial model's discriminator); none for most."""
+        get = getattr(self.model, "auxiliary_parameters", None)
+        return list(get()) if callable(get) else []
+
+    def _auxiliary_step(self, batch) -> None:
+        """After the main step: one step of the auxiliary optimiser on ``model.auxiliary_loss(batch)``
+        (gradients clipped as the main ones; left cleared so they never reach the main step's norm)."""
+        if self.auxiliary_optimizer is None:
+            return
+        loss = self.model.auxiliary_loss(batch)
+        self._check_finite(loss, "the auxiliary loss")
+        self.auxiliary_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = self._auxiliary_parameters()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self._check_finite(_grad_norm(params), "the auxiliary gradient norm")
+        self.auxiliary_optimizer.step()
+        self.auxiliary_optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -248,9 +313,15 @@ class Trainer:
         self.model.train(was_training)
         return total / len(dataset)
 
+    def _validation_loss(self) -> pyro.infer.ELBO:
+        """The objective the current stage validates on (named in the progress bar)."""
+        return self.eval_loss if self.stage.validation is None else self.stage.validation[0]
+
     @torch.no_grad()
     def _validate(self, dataset: MultimodalDataset) -> float:
         """Mean validation loss per row of the current stage (single-stage models: :meth:`evaluate`)."""
+        if self._dist is not None:
+            return self._validate_distributed(dataset)
         if self.stage.validation is None:
             return self.evaluate(dataset)
         loss, model, guide = self.stage.validation
@@ -279,6 +350,7 @@ class Trainer:
             "stopped_early": self.stopped_early,
             "history": self.history,
             "optimizer": self.optimizer.state_dict(),
+            **({"auxiliary_optimizer": self.auxiliary_optimizer.state_dict()} if self.auxiliary_optimizer else {}),
             "rng": rng_state(self.generator),
             "trainer_config": asdict(self.config),
         }
@@ -308,6 +380,8 @@ class Trainer:
                              f"{type(self.model).__name__} has {len(self.stages)}")
         self.optimizer = self._stage_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.auxiliary_optimizer is not None and "auxiliary_optimizer" in state:
+            self.auxiliary_optimizer.load_state_dict(state["auxiliary_optimizer"])
         set_rng_state(state["rng"], self.generator)
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_val, self.stale_epochs = state["best_val"], state["stale_epochs"]
@@ -409,7 +483,13 @@ class Trainer:
         self.model.train()
         total = 0.0
         stage = self.stage
-        for batch in train.batches(self.config.batch_size, shuffle=True, generator=self.generator):
+        step_hooks = [c.on_step for c in self.callbacks if callable(getattr(c, "on_step", None))]
+        if self._dist is not None:
+            if self.auxiliary_optimizer is not None:
+                raise NotImplementedError(f"{type(self.model).__name__} trains an auxiliary optimiser; "
+                                          "distributed training does not support it yet")
+            return self._train_epoch_distributed(train, warmup)
+        for batch in self._epoch_batches(train):
             if hasattr(stage.loss, "kl_anneal"):
                 stage.loss.kl_anneal = warmup.factor(self.step)
             loss = stage.loss.differentiable_loss(stage.model, stage.guide, batch)
@@ -422,9 +502,102 @@ class Trainer:
                 norm = _grad_norm(self.model.parameters())
             self._check_finite(norm, "the gradient norm")
             self.optimizer.step()
+            self._auxiliary_step(batch)
             self.step += 1
-            total += float(loss.detach())
+            value = float(loss.detach())
+            total += value
+            for on_step in step_hooks:  # e.g. a RunLogger (pyromv.training.loggers): the step's loss per row
+                on_step(self, value / len(batch))
         return total / len(train)
+
+    # ------------------------------------------------------------------ batches, workers, ranks
+    def _epoch_batches(self, train: MultimodalDataset, shard: bool = False):
+        """The epoch's shuffled batches: by tensor indexing (``num_workers=0``, single process:
+        :meth:`MultimodalDataset.batches`) or through a DataLoader with worker processes; with
+        ``shard``, this rank's part of each global batch (``None`` where the part is empty).
+        Every path draws the permutation once from ``self.generator``: the same batches."""
+        cfg = self.config
+        if not shard and cfg.num_workers == 0:
+            yield from train.batches(cfg.batch_size, shuffle=True, generator=self.generator)
+            return
+        order = ddp.epoch_order(len(train), cfg.batch_size, self.generator)
+        if shard:
+            rank, world = self._dist
+            order = [ddp.shard(idx, rank, world) for idx in order]
+        if cfg.num_workers == 0:
+            for idx in order:
+                yield train.batch(idx) if len(idx) else None
+            return
+        loader = torch.utils.data.DataLoader(
+            _BatchFetcher(train), sampler=order, batch_size=None, collate_fn=_no_collate,
+            num_workers=cfg.num_workers, prefetch_factor=2,
+            # the workers' seeds from a generator of their own: drawing them from torch's global RNG
+            # would shift the model's reparameterised draws away from those of num_workers=0
+            generator=torch.Generator().manual_seed(ddp.epoch_seed(cfg.seed, self.epoch, -1)),
+        )
+        yield from loader
+
+    def _train_epoch_distributed(self, train: MultimodalDataset, warmup: KLWarmup) -> float:
+        """One epoch on this rank's shards; gradients (and the loss) summed over the ranks."""
+        rank, _ = self._dist
+        self.model.train()
+        torch.manual_seed(ddp.epoch_seed(self.config.seed, self.epoch, rank))  # this rank's noise
+        stage = self.stage
+        step_hooks = [c.on_step for c in self.callbacks if callable(getattr(c, "on_step", None))]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        total = 0.0
+        for i, batch in enumerate(self._epoch_batches(train, shard=True)):
+            if hasattr(stage.loss, "kl_anneal"):
+                stage.loss.kl_anneal = warmup.factor(self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            if batch is None:  # an empty shard of a short last batch: contributes nothing
+                loss = torch.zeros(())
+            else:
+                loss = stage.loss.differentiable_loss(stage.model, stage.guide, batch)
+                loss.backward()
+            loss = ddp.allreduce_gradients(params, loss)  # the global batch's summed loss and gradient
+            self._check_finite(loss, "the training loss")  # on every rank alike: no rank is left waiting
+            if self.config.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            else:
+                norm = _grad_norm(self.model.parameters())
+            self._check_finite(norm, "the gradient norm")
+            self.optimizer.step()
+            self.step += 1
+            value = float(loss)
+            total += value
+            rows = min(self.config.batch_size, len(train) - i * self.config.batch_size)  # the global batch
+            for on_step in step_hooks if rank == 0 else ():
+                on_step(self, value / rows)
+        return total / len(train)
+
+    @torch.no_grad()
+    def _validate_distributed(self, dataset: MultimodalDataset) -> float:
+        """Mean validation loss per row: each rank sums the loss of a contiguous part of the rows."""
+        rank, world = self._dist
+        loss, model, guide = self.stage.validation or (
+            self.eval_loss, self.model.evaluation_model(), self.model.evaluation_guide())
+        was_training = self.model.training
+        self.model.eval()
+        part = ddp.shard(torch.arange(len(dataset)), rank, world)
+        total = 0.0
+        for idx in part.split(self.config.batch_size):
+            total += float(loss.differentiable_loss(model, guide, dataset.batch(idx)))
+        self.model.train(was_training)
+        return ddp.all_sum([total])[0] / len(dataset)
+
+    @property
+    def is_main_process(self) -> bool:
+        """Rank 0 of a distributed run, or the only process: the one that writes and reports."""
+        return self._dist is None or self._dist[0] == 0
+
+    def _start_distributed(self) -> None:
+        """Join the process group (when configured) and give every rank rank 0's weights."""
+        if not ddp.requested(self.config.distributed):
+            self._dist = None
+            return
+        self._dist = ddp.init()
+        ddp.broadcast_module(self.model)
 
     def fit(
         self, train: MultimodalDataset, val: MultimodalDataset | None = None, resume: bool = True,
@@ -443,8 +616,9 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         warmup = KLWarmup(steps=int(round(cfg.kl_warmup_epochs * steps_per_epoch)))
         self._steps_per_epoch, self._warmup_steps = steps_per_epoch, warmup.steps
+        self._start_distributed()
         bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="training", unit="epoch",
-                   disable=not cfg.progress, dynamic_ncols=True)
+                   disable=not cfg.progress or not self.is_main_process, dynamic_ncols=True)
         try:
             with pyro.validation_enabled(cfg.validate_pyro):
                 while self._stage_running():
@@ -461,8 +635,7 @@ class Trainer:
                     self._check_divergence(record)  # before anything of the epoch is recorded or written
                     self._end_epoch(record)
                     bar.update(1)
-                    bar.set_postfix({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in record.items()
-                                     if k.endswith("loss") or k == "stage"})
+                    bar.set_postfix_str(progress_text(record, self.loss, self._validation_loss()))
         finally:
             bar.close()
         self._load_best("the trained model")
@@ -496,12 +669,18 @@ class Trainer:
                     self.stopped_early = True
         record["improved"] = improved
         self.history.append(record)
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None:  # distributed: rank 0 writes, the others wait at a barrier
             if improved and self._may_replace_best(record["val_loss"]):
                 info = {"epoch": self.epoch, "stage": self.stage_index, "val_loss": record["val_loss"]}
-                write_checkpoint(self.best_checkpoint, self.model, info=info)
+                if self.is_main_process:
+                    write_checkpoint(self.best_checkpoint, self.model, info=info)
                 self._best_known, self._best_floor = True, (self.stage_index, record["val_loss"])
-            self._last_good = write_checkpoint(self.last_checkpoint, self.model, self._state(), keep_previous=True,
-                                               info={"epoch": self.epoch, "stage": self.stage_index})
-        for callback in self.callbacks:
+            if self.is_main_process:
+                self._last_good = write_checkpoint(self.last_checkpoint, self.model, self._state(),
+                                                   keep_previous=True,
+                                                   info={"epoch": self.epoch, "stage": self.stage_index})
+            if self._dist is not None:
+                ddp.barrier()
+                self._last_good = self.last_checkpoint
+        for callback in self.callbacks if self.is_main_process else ():
             callback(self, record)

@@ -263,6 +263,8 @@ def _bad_command(script: str, tmp_path: Path) -> list[str]:
     return {
         "pyromv-train": ["missing_rate=1.5", f"hydra.run.dir={tmp_path / 'run'}"],
         "pyromv-eval": [f"run_dir={tmp_path / 'no_such_run'}"],
+        "pyromv-impute": [f"run_dir={tmp_path / 'no_such_run'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        "pyromv-prepare": ["dtype=int8", f"out={tmp_path / 'prepared'}", f"hydra.run.dir={tmp_path / 'run'}"],
     }[script]
 
 

@@ -52,6 +52,18 @@ PARTIAL = {
 }
 
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
+    "dccae": [
+        ("default", {}),  # lambda 1, all correlations, ridge 1e-4, pairs need latent_dim + 2 rows
+        ("top1-ridge-every-pair", {"top_k": 1, "ridge": 1e-2, "reconstruction_weight": 0.1, "min_pair_rows": 2}),
+    ],
+    "maae": [
+        ("default", {"discriminator_hidden_dims": [8]}),
+        ("linear-discriminator", {"discriminator_hidden_dims": [], "adversarial_weight": 0.5}),
+    ],
+    "mwae": [
+        ("default", {}),  # lambda 10, IMQ kernel over 7 scales
+        ("one-scale-wide-prior", {"kernel_scales": [1.0], "mmd_weight": 100.0, "prior_scale": 2.0}),
+    ],
     "nexus": [
         ("default", {"message_dim": 8, "top_hidden_dims": [8]}),  # forced perceptual dropout 0.2
         ("always-drop-weights", {"dropout_rate": 1.0, "bottom_latent_dim": 2, "message_dim": 4,
@@ -494,6 +506,10 @@ def test_log_likelihood_joint_and_conditional(name, cfg):
 
     model = _model(name, cfg)
     batch = _batch(partial=True)
+    if not getattr(model, "has_likelihood", True):  # deterministic autoencoders (DCCAE, mAAE, mWAE)
+        with pytest.raises(ValueError, match="has no likelihood"):
+            log_likelihood(model, batch, K=8, khat=False, seed=0)
+        return
     joint = log_likelihood(model, batch, K=8, khat=False, seed=0)
     # every row observing a modality the model generates (a conditional model: its output)
     scored = torch.stack([batch.row_mask(m) for m in _gen(model)]).any(0).nonzero().flatten()

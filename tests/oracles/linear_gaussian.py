@@ -83,6 +83,26 @@ class LinearGaussian:
             b[m] = torch.randn(d, generator=g, dtype=DTYPE)
         return cls(W, b, {m: float(scales[m]) for m in dims})
 
+    @classmethod
+    def axis_aligned(
+        cls, dims: Mapping[str, int], latent_dim: int, scales: Mapping[str, float], seed: int,
+        loadings: tuple[float, float] = (0.7, 1.5),
+    ) -> LinearGaussian:
+        """Random parameters where feature ``j`` loads only latent ``j mod D`` (a loading of
+        random sign, magnitude uniform in ``loadings``): ``W^T diag(m) W`` is diagonal for every
+        feature mask ``m``, so the exact posterior of every observation pattern has a diagonal
+        covariance and natural parameters linear in the mask (a diagonal Gaussian can be exact)."""
+        g = torch.Generator().manual_seed(seed)
+        W, b = {}, {}
+        for m, d in dims.items():
+            lo, hi = loadings
+            size = lo + (hi - lo) * torch.rand(d, generator=g, dtype=DTYPE)
+            sign = torch.where(torch.rand(d, generator=g, dtype=DTYPE) < 0.5, -1.0, 1.0).to(DTYPE)
+            W[m] = torch.zeros(d, latent_dim, dtype=DTYPE)
+            W[m][torch.arange(d), torch.arange(d) % latent_dim] = sign * size
+            b[m] = torch.randn(d, generator=g, dtype=DTYPE)
+        return cls(W, b, {m: float(scales[m]) for m in dims})
+
     def sample(self, n: int, seed: int) -> dict[str, Tensor]:
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.latent_dim, generator=g, dtype=DTYPE)
@@ -196,6 +216,52 @@ def set_exact_encoders(model: MVAE, lg: LinearGaussian) -> None:
         enc.linear.weight.copy_(A)
         enc.linear.bias.copy_(-A @ lg.b[m])
         enc.log_scale.copy_(0.5 * (lg.s[m] ** 2 / d2).log())
+
+
+def masked_expert_coefficients(lg: LinearGaussian, name: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-feature coefficients ``(alpha, beta, gamma)``, each ``(d_m, D)``, of the exact expert of
+    modality ``name`` under a feature mask ``m``: ``eta = sum_j m_j (alpha_j x_j + beta_j)``,
+    ``lambda = sum_j m_j gamma_j``, i.e. ``alpha = W / s^2``, ``beta = -W b / s^2``,
+    ``gamma = W^2 / s^2`` (exact when ``W^T diag(m) W`` is diagonal: axis-aligned loadings or D = 1)."""
+    W, b, s2 = lg.W[name], lg.b[name], lg.s[name] ** 2
+    return W / s2, -W * b[:, None] / s2, W**2 / s2
+
+
+@torch.no_grad()
+def set_exact_mask_aware_encoders(model, lg: LinearGaussian) -> None:
+    """Hand-set mask-aware encoders to the exact experts of :func:`masked_expert_coefficients`.
+
+    Two kinds are supported: the ``linear`` encoder with ``head="natural"`` wrapped in
+    :class:`~pyromv.nn.MaskConcat` (input ``(x * m, m)``; ``eta = [alpha^T | beta^T] (x m, m)``,
+    ``lambda = [0 | gamma^T] (x m, m)``), and the ``set`` encoder with ``embed_dim = 3 D``,
+    ``feature_hidden_dims = ()``, ``feature_dim = 2 D``, ``hidden_dims = ()``, ``head="natural"``
+    (embedding ``e_j = [alpha_j, beta_j, gamma_j]``; ``h([x e, e]) = [x alpha + beta, gamma]``).
+    """
+    from pyromv.nn import MaskConcat, SetEncoder
+
+    D = lg.latent_dim
+    eye = torch.eye(D, dtype=DTYPE)
+    for m in model.names:
+        alpha, beta, gamma = masked_expert_coefficients(lg, m)
+        enc = model.encoders[m]
+        if isinstance(enc, MaskConcat):
+            head = enc.net.natural.linear
+            zeros = torch.zeros_like(alpha.T)
+            head.weight.copy_(torch.cat([torch.cat([alpha.T, beta.T], 1), torch.cat([zeros, gamma.T], 1)], 0))
+            head.bias.zero_()
+        elif isinstance(enc, SetEncoder):
+            assert enc.embedding.shape[1] == 3 * D and len(enc.feature_net) == 1 and len(enc.body) == 0
+            enc.embedding.copy_(torch.cat([alpha, beta, gamma], 1))
+            first = enc.feature_net[0]  # Linear(6D -> 2D) on [x e_j (3D), e_j (3D)]
+            first.weight.zero_()
+            first.weight[:D, :D] = eye  # x alpha_j
+            first.weight[:D, 4 * D:5 * D] = eye  # + beta_j
+            first.weight[D:, 5 * D:] = eye  # gamma_j
+            first.bias.zero_()
+            enc.head.linear.weight.copy_(torch.eye(2 * D, dtype=DTYPE))
+            enc.head.linear.bias.zero_()
+        else:
+            raise TypeError(f"no exact mask-aware setting for a {type(enc).__name__}")
 
 
 @torch.no_grad()

@@ -58,6 +58,9 @@ NOT_LINEAR_GAUSSIAN: dict[str, str] = {
     "cvae": "conditional model: decodes the main modality only and bounds log p(x_main | conditioning)",
     "mhvae": "hierarchy: the decoders read the bottom level, whose prior is the learned hierarchy",
     "nexus": "one bottom latent per modality under a top latent: no shared z ~ N(0, I) decoded linearly",
+    "dccae": "deterministic autoencoder: no likelihood, Trainer.evaluate reports its objective, not a bound",
+    "maae": "deterministic autoencoder: no likelihood, Trainer.evaluate reports its objective, not a bound",
+    "mwae": "deterministic autoencoder: no likelihood, Trainer.evaluate reports its objective, not a bound",
 }
 
 

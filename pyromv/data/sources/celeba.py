@@ -11,6 +11,7 @@ import torch
 
 from ..dataset import MultimodalDataset
 from ..modality import Modality, NetworkSpec
+from ..stored import StoredDataset
 from ._files import cached, missing_files, read_image, resolve_root, seeded_subset
 from ._specs import likelihood_kwargs, network_spec
 
@@ -240,10 +241,10 @@ class CelebA:
     def load(self, split: str) -> MultimodalDataset:
         """The ``"train"``, ``"val"`` or ``"test"`` split, with ``label_attribute`` as labels."""
         b = self._built(split)
-        data = {
-            "image": torch.tensor(b["images"]).float().div_(255.0),
+        data = {  # the image bytes stay bytes (a quarter of the memory); batches see image / 255
+            "image": torch.tensor(b["images"]),
             "attributes": torch.tensor(b["attributes"]).float(),
         }
-        return MultimodalDataset(
-            self.modalities(), data, labels=torch.from_numpy(b["labels"].copy())
+        return StoredDataset(
+            self.modalities(), data, scales={"image": 255.0}, labels=torch.from_numpy(b["labels"].copy())
         )

@@ -17,11 +17,13 @@ paper would agree with the code. Fidelity to the papers comes from the oracle te
 from .cmvae import cmvae_reference_loss
 from .crmvae import crmvae_reference_loss
 from .cvae import cvae_reference_loss
+from .dccae import dccae_reference_loss
 from .dmvae import dmvae_reference_loss
 from .dvcca import dvcca_reference_loss
 from .gpoe import gpoe_reference_loss
 from .jmvae import jmvae_reference_loss
 from .jnf import jnf_reference_loss, jnf_unimodal_reference_loss
+from .maae import maae_reference_loss
 from .mcvae import mcvae_reference_loss
 from .mhvae import mhvae_reference_loss
 from .mmjsd import mmjsd_reference_loss
@@ -30,6 +32,7 @@ from .mmvae_plus import mmvae_plus_reference_loss
 from .mopoe import mopoe_iwae_reference_loss, mopoe_reference_loss, mopoe_stratified_reference_loss
 from .mvae import mvae_elbo_reference, mvae_iwae_reference, mvae_reference_loss
 from .mvtcae import mvtcae_reference_loss
+from .mwae import mwae_reference_loss
 from .nexus import nexus_reference_loss
 from .telbo import telbo_reference_loss, telbo_unimodal_reference_loss
 
@@ -37,12 +40,14 @@ __all__ = [
     "cmvae_reference_loss",
     "crmvae_reference_loss",
     "cvae_reference_loss",
+    "dccae_reference_loss",
     "dmvae_reference_loss",
     "dvcca_reference_loss",
     "gpoe_reference_loss",
     "jmvae_reference_loss",
     "jnf_reference_loss",
     "jnf_unimodal_reference_loss",
+    "maae_reference_loss",
     "mcvae_reference_loss",
     "mhvae_reference_loss",
     "mmjsd_reference_loss",
@@ -55,6 +60,7 @@ __all__ = [
     "mvae_iwae_reference",
     "mvae_reference_loss",
     "mvtcae_reference_loss",
+    "mwae_reference_loss",
     "nexus_reference_loss",
     "telbo_reference_loss",
     "telbo_unimodal_reference_loss",
