@@ -119,9 +119,12 @@ def run_pyromv(x: np.ndarray, observed: np.ndarray, quick: bool, seed: int) -> n
     ds = MultimodalDataset([mod], {"x": torch.tensor(np.where(observed, x, 0.0), dtype=torch.float32)},
                            {"x": torch.tensor(observed)})
     torch.manual_seed(seed)
-    model = MVAE([mod], MVAEConfig(latent_dim=s["latent_dim"], objective="iwae", num_particles=s["K_train"]))
+    # ds.modalities: the data set switched the encoder to mask-aware (the data have missing entries)
+    model = MVAE(ds.modalities, MVAEConfig(latent_dim=s["latent_dim"], objective="iwae", num_particles=s["K_train"]))
+    # gradient clipping for the learned per-column scales; no divergence stop: on tables of a few
+    # hundred rows an epoch's loss is a handful of batches, and its spikes are noise, not divergence
     cfg = TrainerConfig(epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], val_fraction=0.0,
-                        progress=False, seed=seed)
+                        progress=False, seed=seed, grad_clip=10.0, divergence_threshold=0.0)
     Trainer(model, config=cfg).fit(ds)
     out = model.impute(ds, num_samples=s["K_impute"], seed=seed, batch_size=128)
     return out.data["x"].double().numpy()
@@ -154,7 +157,7 @@ def run_polyfashion(quick: bool, seeds: list[int], methods: list[str]) -> dict[s
             start = time.perf_counter()
             if method == "pyromv":
                 torch.manual_seed(seed)
-                model = MVAE(source.modalities(), MVAEConfig(latent_dim=20, objective="iwae", num_particles=5))
+                model = MVAE(ds.modalities, MVAEConfig(latent_dim=20, objective="iwae", num_particles=5))
                 epochs = 5 if quick else 50
                 Trainer(model, config=TrainerConfig(epochs=epochs, val_fraction=0.0, progress=False,
                                                     seed=seed)).fit(ds)

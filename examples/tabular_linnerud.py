@@ -35,7 +35,7 @@ def main(epochs: int = 400, seed: int = 0) -> dict[str, float]:
         {m: round(float(v.float().mean()), 3) for m, v in train.obs_mask.items()},
     )
 
-    model = get_model_class("mvae")(source.modalities(), MVAEConfig(latent_dim=2))
+    model = get_model_class("mvae")(train.modalities, MVAEConfig(latent_dim=2))  # mask-aware where entries miss
     config = TrainerConfig(
         epochs=epochs,
         batch_size=len(train),

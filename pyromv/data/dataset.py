@@ -116,6 +116,17 @@ class MultimodalDataset(torch.utils.data.Dataset):
                     f"modality {mine.name!r}: the data have rows of shape {mine.shape}; the model "
                     f"expects {spec.shape}"
                 )
+            if mine.mask_aware == "on" and spec.mask_aware == "auto" and ("mask", spec.name) not in checked:
+                checked.add(("mask", spec.name))
+                warnings.warn(
+                    f"modality {spec.name!r}: the data miss single entries, but the model's encoder does not "
+                    "see the mask (the model was built from specs with mask_aware='auto' before any data "
+                    "with feature masks): missing entries reach it as zeros. Train with mask-aware encoders: build "
+                    "the model from the data set's specs (e.g. MVAE(train.modalities, config)) or set "
+                    "Modality(mask_aware='on'); "
+                    "mask_aware='off' silences this warning",
+                    UserWarning, stacklevel=3,
+                )
             key = (spec.name, spec.likelihood, repr(sorted(spec.likelihood_kwargs.items())))
             if (spec.likelihood, spec.likelihood_kwargs) == (mine.likelihood, mine.likelihood_kwargs) \
                     or key in checked:

@@ -41,14 +41,14 @@ from ..data.batch import MultimodalBatch
 from ..data.dataset import MultimodalDataset, make_batch
 from ..infer.importance import PARTICLE_PLATE
 from ..models.base import MultimodalVAE
-from ._util import as_batch, model_device, seeded
+from ._util import model_device, seeded
 from .likelihood import (
     MIN_PARTICLES_FOR_KHAT,
     LogLikelihood,
-    _any_observed,
-    _resolve_sets,
+    ScoredRows,
     _site_log_probs,
     pareto_khat,
+    scored_rows,
 )
 
 #: Target acceptance probability of the HMC transitions during the step-size warm-up
@@ -386,38 +386,6 @@ def _check_positive_int(name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-@dataclass(frozen=True)
-class _Plan:
-    batch: MultimodalBatch
-    rows: Tensor
-    given: tuple[str, ...] | None
-    targets: tuple[str, ...]
-    reported_given: tuple[str, ...] | None
-    proposal_names: tuple[str, ...]
-    scored_names: tuple[str, ...]
-    exclude: list[str]
-
-
-def _plan(model: MultimodalVAE, data, given, targets) -> _Plan:
-    """The rows and modality sets scored, exactly as :func:`~pyromv.metrics.log_likelihood`."""
-    batch = as_batch(model, data)
-    given_t, targets_t, context = _resolve_sets(model, given, targets)
-    keep = _any_observed(batch, targets_t)
-    if given_t is not None:
-        keep = keep & _any_observed(batch, given_t)
-    rows = keep.nonzero().flatten().cpu()
-    if rows.numel() == 0:
-        what = "targets" if given_t is None else "given and targets"
-        raise ValueError(f"no row observes the {what} {list(given_t or ()) + list(targets_t)}")
-    return _Plan(
-        batch=batch.index(rows.to(keep.device)), rows=rows, given=given_t, targets=targets_t,
-        reported_given=(context or None) if given_t is None else given_t,
-        proposal_names=context + targets_t if given_t is None else given_t,
-        scored_names=context + targets_t if given_t is None else given_t + targets_t,
-        exclude=[] if given_t is None else [f"x_{m}" for m in targets_t],
-    )
-
-
 def _check_options(num_steps, num_chains, leapfrog_steps, warmup, batch_size, step_size, schedule) -> None:
     _check_positive_int("num_steps", num_steps)
     _check_positive_int("num_chains", num_chains)
@@ -575,13 +543,13 @@ def annealed_log_likelihood(
     _check_options(num_steps, num_chains, leapfrog_steps, warmup, batch_size, step_size, schedule)
     if isinstance(max_stderr, bool) or not isinstance(max_stderr, (int, float)) or not max_stderr > 0:
         raise ValueError(f"max_stderr must be a positive number, got {max_stderr!r}")
-    plan = _plan(model, data, given, targets)
+    plan = scored_rows(model, data, given, targets)
     lw_num, lw_den, _ = _run(model, plan, num_steps, num_chains, leapfrog_steps, warmup, step_size,
                              schedule, batch_size, seed, progress, None)
     return _result(plan, lw_num, lw_den, num_steps, num_chains, max_stderr)
 
 
-def _run(model, plan: _Plan, num_steps, num_chains, leapfrog_steps, warmup, step_size, schedule,
+def _run(model, plan: ScoredRows, num_steps, num_chains, leapfrog_steps, warmup, step_size, schedule,
          batch_size, seed, progress, reverse_latents: dict[str, Tensor] | None):
     device = model_device(model)
     conditional = plan.given is not None
@@ -609,7 +577,7 @@ def _run(model, plan: _Plan, num_steps, num_chains, leapfrog_steps, warmup, step
     return cat(nums), cat(dens), cat(revs)
 
 
-def _result(plan: _Plan, lw_num: Tensor, lw_den: Tensor | None, num_steps: int, num_chains: int,
+def _result(plan: ScoredRows, lw_num: Tensor, lw_den: Tensor | None, num_steps: int, num_chains: int,
             max_stderr: float) -> LogLikelihood:
     values, stderr = _estimate(lw_num, lw_den)
     if num_chains >= 4:
@@ -712,7 +680,7 @@ def bdmc(
     if isinstance(data, bool) or not isinstance(data, (int, Simulated)):
         raise TypeError(f"data must be a number of rows or a Simulated set, got {type(data).__name__}")
     sim = simulate(model, data, seed) if isinstance(data, int) else data
-    plan = _plan(model, sim.batch, None, None)
+    plan = scored_rows(model, sim.batch, None, None)
     if plan.rows.numel() != sim.batch.batch_size:
         raise ValueError("every simulated row must observe a modality")
     lw, _, lw_rev = _run(model, plan, num_steps, num_chains, leapfrog_steps, warmup, step_size, schedule,

@@ -553,20 +553,9 @@ def log_likelihood(
             raise ValueError(f"max_particles must be an int >= K={K}, got {max_particles!r}")
     elif max_particles is not None:
         raise ValueError("max_particles is the budget of adaptive=True; pass adaptive=True or leave it unset")
-    batch = as_batch(model, data)
-    given_t, targets_t, context = _resolve_sets(model, given, targets)
-
-    keep = _any_observed(batch, targets_t)
-    if given_t is not None:
-        keep = keep & _any_observed(batch, given_t)
-    rows = keep.nonzero().flatten().cpu()
-    if rows.numel() == 0:
-        what = "targets" if given_t is None else "given and targets"
-        raise ValueError(f"no row observes the {what} {list(given_t or ()) + list(targets_t)}")
-    batch = batch.index(rows.to(keep.device))
-    proposal_names = context + targets_t if given_t is None else given_t
-    scored_names = context + targets_t if given_t is None else given_t + targets_t
-    exclude = [] if given_t is None else [f"x_{m}" for m in targets_t]
+    plan = scored_rows(model, data, given, targets)
+    batch, rows, given_t, targets_t = plan.batch, plan.rows, plan.given, plan.targets
+    proposal_names, scored_names, exclude = plan.proposal_names, plan.scored_names, plan.exclude
 
     device = model_device(model)
     values, khats, counts = [], [], []
@@ -589,7 +578,7 @@ def log_likelihood(
     k_all = torch.cat(khats)
     result = LogLikelihood(
         values=torch.cat(values), khat=k_all, rows=rows, num_particles=K,
-        given=(context or None) if given_t is None else given_t, targets=targets_t,
+        given=plan.reported_given, targets=targets_t,
         method="iwae", proposal=proposal,
         passed=None if bool(k_all.isnan().all()) else k_all < khat_threshold,
         particles=torch.cat(counts) if adaptive else None,
@@ -608,6 +597,44 @@ def log_likelihood(
             stacklevel=2,
         )
     return result
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """What a likelihood estimate scores: the rows that observe its sets, the sets, and the
+    modalities its proposal sees and its target scores (``exclude``: the target sites left out
+    of the denominator of a conditional)."""
+
+    batch: MultimodalBatch
+    rows: Tensor
+    given: tuple[str, ...] | None
+    targets: tuple[str, ...]
+    reported_given: tuple[str, ...] | None
+    proposal_names: tuple[str, ...]
+    scored_names: tuple[str, ...]
+    exclude: list[str]
+
+
+def scored_rows(model: MultimodalVAE, data: MultimodalDataset | MultimodalBatch,
+                given: Sequence[str] | str | None, targets: Sequence[str] | str | None) -> ScoredRows:
+    """The rows and modality sets an estimate of ``log p(X_T)`` or ``log p(X_T | X_S)`` scores:
+    every row observing a modality of ``targets`` (and, conditional, one of ``given``)."""
+    batch = as_batch(model, data)
+    given_t, targets_t, context = _resolve_sets(model, given, targets)
+    keep = _any_observed(batch, targets_t)
+    if given_t is not None:
+        keep = keep & _any_observed(batch, given_t)
+    rows = keep.nonzero().flatten().cpu()
+    if rows.numel() == 0:
+        what = "targets" if given_t is None else "given and targets"
+        raise ValueError(f"no row observes the {what} {list(given_t or ()) + list(targets_t)}")
+    return ScoredRows(
+        batch=batch.index(rows.to(keep.device)), rows=rows, given=given_t, targets=targets_t,
+        reported_given=(context or None) if given_t is None else given_t,
+        proposal_names=context + targets_t if given_t is None else given_t,
+        scored_names=context + targets_t if given_t is None else given_t + targets_t,
+        exclude=[] if given_t is None else [f"x_{m}" for m in targets_t],
+    )
 
 
 def _resolve_sets(

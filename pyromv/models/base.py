@@ -20,7 +20,7 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
 
 from ..data.batch import MultimodalBatch
-from ..data.modality import Modality, resolve_mask_aware
+from ..data.modality import Modality
 from ..data.validation import check_modalities
 from ..distributions.gathered import GatheredLikelihood
 from ..distributions.likelihoods import build_likelihood
@@ -70,8 +70,9 @@ class MultimodalVAE(PyroModule):
         config = dataclasses.replace(config)  # our own copy: never mutate the caller's
         config.validate()
         self.config = config
-        # a spec still "auto" here met no data with feature masks: record it as "off"
-        self.modalities = resolve_mask_aware(list(specs.values()), {}, auto="off")
+        # a spec still "auto" met no data with feature masks: its encoder is plain (as "off"), and
+        # it stays "auto" so that data with feature masks can say so (MultimodalDataset.check_against)
+        self.modalities = list(specs.values())
         D = config.latent_dim
         self.private_dim = int(getattr(config, "private_latent_dim", 0))
         self.likelihoods = nn.ModuleDict()

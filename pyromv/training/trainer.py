@@ -480,22 +480,35 @@ class Trainer:
             )
 
     def _train_epoch(self, train: MultimodalDataset, warmup: KLWarmup) -> float:
+        """One epoch; mean training loss per row. Distributed, each rank takes its shard of every
+        global batch, and the gradients (and the loss) are summed over the ranks before the
+        step, so every rank takes the step one process would take on the whole batch."""
         self.model.train()
         total = 0.0
         stage = self.stage
         step_hooks = [c.on_step for c in self.callbacks if callable(getattr(c, "on_step", None))]
-        if self._dist is not None:
+        distributed = self._dist is not None
+        if distributed:
             if self.auxiliary_optimizer is not None:
                 raise NotImplementedError(f"{type(self.model).__name__} trains an auxiliary optimiser; "
                                           "distributed training does not support it yet")
-            return self._train_epoch_distributed(train, warmup)
-        for batch in self._epoch_batches(train):
+            torch.manual_seed(ddp.epoch_seed(self.config.seed, self.epoch, self._dist[0]))  # this rank's noise
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            step_hooks = step_hooks if self.is_main_process else []
+        for i, batch in enumerate(self._epoch_batches(train, shard=distributed)):
             if hasattr(stage.loss, "kl_anneal"):
                 stage.loss.kl_anneal = warmup.factor(self.step)
-            loss = stage.loss.differentiable_loss(stage.model, stage.guide, batch)
-            self._check_finite(loss, "the training loss")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if batch is None:  # an empty shard of a short last batch: contributes nothing
+                loss = torch.zeros(())
+            else:
+                loss = stage.loss.differentiable_loss(stage.model, stage.guide, batch)
+                if not distributed:
+                    self._check_finite(loss, "the training loss")
+                loss.backward()
+            if distributed:
+                loss = ddp.allreduce_gradients(params, loss)  # the global batch's summed loss and gradient
+                self._check_finite(loss, "the training loss")  # on every rank alike: no rank is left waiting
             if self.config.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             else:
@@ -506,8 +519,9 @@ class Trainer:
             self.step += 1
             value = float(loss.detach())
             total += value
+            rows = min(self.config.batch_size, len(train) - i * self.config.batch_size)  # the (global) batch
             for on_step in step_hooks:  # e.g. a RunLogger (pyromv.training.loggers): the step's loss per row
-                on_step(self, value / len(batch))
+                on_step(self, value / rows)
         return total / len(train)
 
     # ------------------------------------------------------------------ batches, workers, ranks
@@ -536,40 +550,6 @@ class Trainer:
             generator=torch.Generator().manual_seed(ddp.epoch_seed(cfg.seed, self.epoch, -1)),
         )
         yield from loader
-
-    def _train_epoch_distributed(self, train: MultimodalDataset, warmup: KLWarmup) -> float:
-        """One epoch on this rank's shards; gradients (and the loss) summed over the ranks."""
-        rank, _ = self._dist
-        self.model.train()
-        torch.manual_seed(ddp.epoch_seed(self.config.seed, self.epoch, rank))  # this rank's noise
-        stage = self.stage
-        step_hooks = [c.on_step for c in self.callbacks if callable(getattr(c, "on_step", None))]
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        total = 0.0
-        for i, batch in enumerate(self._epoch_batches(train, shard=True)):
-            if hasattr(stage.loss, "kl_anneal"):
-                stage.loss.kl_anneal = warmup.factor(self.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            if batch is None:  # an empty shard of a short last batch: contributes nothing
-                loss = torch.zeros(())
-            else:
-                loss = stage.loss.differentiable_loss(stage.model, stage.guide, batch)
-                loss.backward()
-            loss = ddp.allreduce_gradients(params, loss)  # the global batch's summed loss and gradient
-            self._check_finite(loss, "the training loss")  # on every rank alike: no rank is left waiting
-            if self.config.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            else:
-                norm = _grad_norm(self.model.parameters())
-            self._check_finite(norm, "the gradient norm")
-            self.optimizer.step()
-            self.step += 1
-            value = float(loss)
-            total += value
-            rows = min(self.config.batch_size, len(train) - i * self.config.batch_size)  # the global batch
-            for on_step in step_hooks if rank == 0 else ():
-                on_step(self, value / rows)
-        return total / len(train)
 
     @torch.no_grad()
     def _validate_distributed(self, dataset: MultimodalDataset) -> float:

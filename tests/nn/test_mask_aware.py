@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -143,7 +144,7 @@ def test_auto_is_switched_on_by_feature_masks_only():
     assert [m.mask_aware for m in partial.modalities] == ["on", "auto"]
     assert [m.mask_aware for m in mcar(partial, 0.3).modalities] == ["on", "auto"]  # kept downstream
     model = MVAE(partial.modalities, MVAEConfig(latent_dim=2))
-    assert [m.mask_aware for m in model.modalities] == ["on", "off"]
+    assert [m.mask_aware for m in model.modalities] == ["on", "auto"]  # "auto" in a model: built plain
     assert isinstance(model.encoders["v"], MaskConcat)
     # an explicit choice wins over the data
     off = [Modality(**{**MODS[0].__dict__, "mask_aware": "off"}), MODS[1]]
@@ -185,4 +186,18 @@ def test_mask_aware_model_saves_and_reloads_identically(tmp_path):
         del m["mask_aware"]
     (tmp_path / "p" / "config.json").write_text(json.dumps(desc))
     old = load_model(tmp_path / "p")
-    assert [m.mask_aware for m in old.modalities] == ["off", "off"]
+    assert [m.mask_aware for m in old.modalities] == ["auto", "auto"]  # plain encoders, as before the flag
+
+
+def test_a_model_built_before_the_data_warns_once_that_its_encoder_misses_the_mask():
+    partial = feature_mcar(MultimodalDataset(MODS, _data()), {"v": 0.3})
+    plain = MVAE(MODS, MVAEConfig(latent_dim=2))  # built from the user's specs: "auto", plain encoders
+    with pytest.warns(UserWarning, match="'v'.*does not see the mask"):
+        partial.check_against(plain.modalities)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        partial.check_against(plain.modalities)  # once per data set and modality
+        feature_mcar(MultimodalDataset(MODS, _data()), {"v": 0.3}).check_against(
+            MVAE(partial.modalities, MVAEConfig(latent_dim=2)).modalities)  # built from the data: no warning
+        off = [Modality(**{**MODS[0].__dict__, "mask_aware": "off"}), MODS[1]]
+        feature_mcar(MultimodalDataset(MODS, _data()), {"v": 0.3}).check_against(off)  # a choice: no warning
