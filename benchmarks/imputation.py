@@ -7,6 +7,9 @@ Same rows, same masks, several seeds, one run. Methods:
   K = 20, i.e. IWAE over the observed entries) on the masked data itself, then
   :func:`pyromv.metrics.impute` (SNIS single imputation, K = 1000). The encoder is whatever the
   MLP registry builds for data with feature masks (mask-aware when that lands).
+* ``pyromv_mnar`` (on request): the same model with a self-masking missingness model of every
+  column (``Modality(missingness="self_masking")``, its sign learnt: not-MIWAE, Ipsen et al. 2021),
+  trained with the not-MIWAE bound and imputing by its importance weights.
 * ``mean``: ``SimpleImputer(strategy="mean")``; ``knn``: ``KNNImputer()`` (5 neighbours);
   ``mice``: ``IterativeImputer(BayesianRidge)``; ``missforest``: ``IterativeImputer`` with a
   ``RandomForestRegressor`` (missForest-like).
@@ -27,6 +30,8 @@ Run::
 
     python -m benchmarks.imputation --out docs/results/imputation.md           # full (the lead)
     python -m benchmarks.imputation --quick --out /tmp/imputation_quick.md     # minutes
+    python -m benchmarks.imputation --no-polyfashion --patterns mnar mcar50 \\
+        --methods pyromv pyromv_mnar mice --out docs/results/imputation_mnar.md   # not-MIWAE
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ import torch
 TABLES = ("breast_cancer", "wine", "diabetes")
 PATTERNS = ("mcar20", "mcar50", "mnar")
 METHODS = ("pyromv", "mean", "knn", "mice", "missforest")
+#: more methods, on request (``--methods ... pyromv_mnar``)
+EXTRA_METHODS = ("pyromv_mnar",)
 
 
 # ---------------------------------------------------------------------------- data and masks
@@ -106,7 +113,8 @@ def pyromv_settings(quick: bool, n: int, p: int) -> dict:
             "batch_size": batch, "lr": 1e-3, "K_train": 20, "K_impute": 200 if quick else 1000}
 
 
-def run_pyromv(x: np.ndarray, observed: np.ndarray, quick: bool, seed: int) -> np.ndarray:
+def run_pyromv(x: np.ndarray, observed: np.ndarray, quick: bool, seed: int,
+               missingness: str = "ignorable") -> np.ndarray:
     from pyromv.data import Modality, MultimodalDataset
     from pyromv.models import MVAE, MVAEConfig
     from pyromv.training import Trainer, TrainerConfig
@@ -115,7 +123,7 @@ def run_pyromv(x: np.ndarray, observed: np.ndarray, quick: bool, seed: int) -> n
     s = pyromv_settings(quick, n, p)
     net = {"name": "mlp", "kwargs": {"hidden_dims": [s["hidden"], s["hidden"]]}}
     mod = Modality("x", (p,), "normal", {"scale": 1.0, "learn_scale": True, "scale_per_feature": True},
-                   encoder=net, decoder=net)
+                   encoder=net, decoder=net, missingness=missingness)
     ds = MultimodalDataset([mod], {"x": torch.tensor(np.where(observed, x, 0.0), dtype=torch.float32)},
                            {"x": torch.tensor(observed)})
     torch.manual_seed(seed)
@@ -163,8 +171,8 @@ def run_polyfashion(quick: bool, seeds: list[int], methods: list[str]) -> dict[s
                                                     seed=seed)).fit(ds)
                 imp = model.impute(ds, num_samples=50 if quick else 500, seed=seed, targets=["m0"])
                 out0 = imp.data["m0"].double().numpy().reshape(len(full), -1)
-            elif method == "missforest" or (method == "mice" and quick):
-                continue  # too slow on 3920 columns (MICE: > 4 minutes per fit even in quick mode)
+            elif method == "missforest" or (method == "mice" and quick) or method == "pyromv_mnar":
+                continue  # too slow on 3920 columns (MICE: > 4 minutes per fit even in quick mode); MCAR here
             else:
                 flat = np.concatenate([full.data[m].double().numpy().reshape(len(full), -1) for m in names], 1)
                 obs = np.concatenate([observed0] + [np.ones_like(observed0)] * (len(names) - 1), 1)
@@ -201,6 +209,11 @@ def table(results: dict, methods: list[str], seeds: list[int], quick: bool) -> s
         wins = [d for d, pm in mcar50 if _cell(pm["pyromv"])[1] < _cell(pm["mice"])[1]]
         lines.append(f"pyromv beats IterativeImputer (MICE) at 50% MCAR on {len(wins)} of {len(mcar50)} "
                      f"tables ({', '.join(wins) or 'none'}).")
+    mnar = [(d, pm) for (d, p), pm in results.items() if p == "mnar"]
+    if mnar and all(pm.get("pyromv") and pm.get("pyromv_mnar") for _, pm in mnar):
+        wins = [d for d, pm in mnar if _cell(pm["pyromv_mnar"])[1] < _cell(pm["pyromv"])[1]]
+        lines.append(f"Under MNAR self-masking, the missingness model (pyromv_mnar) beats the ignorable pyromv "
+                     f"on {len(wins)} of {len(mnar)} tables ({', '.join(wins) or 'none'}).")
     settings = {t: pyromv_settings(quick, len(load_table(t)), load_table(t).shape[1]) for t in TABLES}
     lines.append("")
     lines.append(f"pyromv settings per table: {settings}")
@@ -220,7 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     results: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
-    runners: dict[str, Callable] = {"pyromv": lambda x, o, s: run_pyromv(x, o, args.quick, s)}
+    runners: dict[str, Callable] = {
+        "pyromv": lambda x, o, s: run_pyromv(x, o, args.quick, s),
+        "pyromv_mnar": lambda x, o, s: run_pyromv(x, o, args.quick, s, missingness="self_masking"),
+    }
+    unknown = set(args.methods) - set(METHODS) - set(EXTRA_METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS + EXTRA_METHODS)}")
     for data in args.tables:
         x = load_table(data)
         for pattern in args.patterns:

@@ -62,10 +62,19 @@ class TrainJob:
         Feature-level MCAR rate (:func:`~pyromv.data.feature_mcar`): each entry of every modality
         of the training *and* test sets goes missing with this probability (seeds ``missing_seed``
         and ``missing_seed + 1``), after ``missing_rate``. 0 (default): none.
+    feature_missing_pattern : str
+        How ``feature_missing_rate``'s entries go missing: ``mcar`` (default) or ``self_masking``
+        (:func:`~pyromv.data.feature_mnar`, strength 2: the larger an entry, the likelier it goes
+        missing; missing not at random).
     mask_aware : str
         Do the encoders see the feature masks: ``auto`` (default: the modalities whose data have
         feature-level missingness, e.g. ``feature_missing_rate > 0``), ``on`` or ``off`` for every
         modality (see docs/missing-data.md).
+    missingness : str
+        The model of how entries go missing, for every modality whose training data miss single
+        entries: ``ignorable`` (default: not modelled) or a
+        :class:`~pyromv.data.Modality` ``missingness`` model (``self_masking``,
+        ``self_masking_high``, ``self_masking_low``, ``linear``: not-MIWAE, docs/imputation.md).
     plot_rows : int
         Columns in the cross-generation picture.
     num_threads : int
@@ -100,7 +109,9 @@ class TrainJob:
     missing_rate: float = 0.3
     missing_seed: int = 0
     feature_missing_rate: float = 0.0
+    feature_missing_pattern: str = "mcar"
     mask_aware: str = "auto"
+    missingness: str = "ignorable"
     plot_rows: int = 8
     num_threads: int = 1
     sampler: str = "none"

@@ -26,8 +26,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.missingness import feature_mcar, mcar
-from ..data.modality import MASK_AWARE
+from ..data.dataset import partially_observed
+from ..data.missingness import feature_mcar, feature_mnar, mcar
+from ..data.modality import MASK_AWARE, MISSINGNESS
 from ..distributions.likelihoods import registered_likelihoods
 from ..metrics.evaluate import evaluate, format_summary
 from ..metrics.plots import generated_image_modalities, plot_cross_generation, plot_samples
@@ -58,6 +59,11 @@ def check_options(cfg: DictConfig, model_name: str, data_name: str) -> tuple[Any
                          f"got {cfg.feature_missing_rate}")
     if cfg.get("mask_aware", "auto") not in MASK_AWARE:
         raise UsageError(f"mask_aware must be one of {', '.join(MASK_AWARE)}, got {cfg.mask_aware!r}")
+    if cfg.get("feature_missing_pattern", "mcar") not in ("mcar", "self_masking"):
+        raise UsageError(f"feature_missing_pattern must be mcar or self_masking, "
+                         f"got {cfg.feature_missing_pattern!r}")
+    if cfg.get("missingness", "ignorable") not in MISSINGNESS:
+        raise UsageError(f"missingness must be one of {', '.join(MISSINGNESS)}, got {cfg.missingness!r}")
     if cfg.num_threads < 0:
         raise UsageError(f"num_threads must be >= 0 (0 keeps torch's default), got {cfg.num_threads}")
     if cfg.plot_rows < 1:
@@ -122,12 +128,20 @@ def _run(cfg: DictConfig, model_name: str, data_name: str, out: Path, tracking: 
     if cfg.missing_rate > 0:
         train = mcar(train, cfg.missing_rate, seed=cfg.missing_seed)
     if cfg.get("feature_missing_rate", 0.0) > 0:
-        train = feature_mcar(train, cfg.feature_missing_rate, seed=cfg.missing_seed)
-        test = feature_mcar(test, cfg.feature_missing_rate, seed=cfg.missing_seed + 1)
+        drop = feature_mcar if cfg.get("feature_missing_pattern", "mcar") == "mcar" else feature_mnar
+        train = drop(train, cfg.feature_missing_rate, seed=cfg.missing_seed)
+        test = drop(test, cfg.feature_missing_rate, seed=cfg.missing_seed + 1)
     # the modality specs as the training data resolve them (mask_aware="auto": on where the data
     # have feature-level missingness), or the user's mask_aware for every modality
     setting = cfg.get("mask_aware", "auto")
     specs = [m if setting == "auto" else dataclasses.replace(m, mask_aware=setting) for m in train.modalities]
+    missingness = cfg.get("missingness", "ignorable")
+    if missingness != "ignorable":  # modelled where the training data miss single entries
+        partial = partially_observed(train.obs_mask)
+        if not any(partial.values()):
+            raise UsageError(f"missingness={missingness}: no modality of the training data misses single entries "
+                             "(set feature_missing_rate, or use data with missing entries)")
+        specs = [dataclasses.replace(m, missingness=missingness) if partial[m.name] else m for m in specs]
     with options(f"model={model_name}"):  # the model and the trainer refuse what they cannot use
         model = get_model_class(model_name)(specs, model_config)
     with options("trainer"):

@@ -2,7 +2,7 @@
 
 from .batch import MultimodalBatch
 from .dataset import MultimodalDataset, collate, make_batch
-from .missingness import block, feature_mcar, mcar, mnar, pattern_histogram
+from .missingness import block, feature_mcar, feature_mnar, mcar, mnar, pattern_histogram
 from .modality import Modality, NetworkSpec
 from .sources import (
     MHD,
@@ -42,6 +42,7 @@ __all__ = [
     "block",
     "collate",
     "feature_mcar",
+    "feature_mnar",
     "make_batch",
     "mcar",
     "mnar",

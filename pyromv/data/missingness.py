@@ -258,8 +258,59 @@ def feature_mcar(
     entry gets one of its previously observed entries back, chosen uniformly; otherwise
     such rows are dropped with a warning. Returns a new data set.
     """
+    rates = _rates(dataset.names, rate, default=None)
+    return _drop_entries(dataset, lambda m, observed: torch.full(observed.shape, rates[m]), rates, seed,
+                         keep_at_least_one)
+
+
+def feature_mnar(
+    dataset: MultimodalDataset,
+    rate: float | Mapping[str, float],
+    strength: float = 2.0,
+    seed: int = 0,
+    keep_at_least_one: bool = True,
+) -> MultimodalDataset:
+    r"""Drop single entries Missing Not At Random, by self-masking: large values go missing.
+
+    Each entry's value is standardised over the rows observing it (``t_{ij}``, per entry
+    position ``j``; a constant entry gets ``t = 0``), and it goes missing with probability
+
+    .. math:: P(\text{missing}_{ij}) = \sigma(a_m + \beta t_{ij}),
+
+    ``beta = strength`` (negative: small values go missing; 0: MCAR), with ``a_m`` solved so
+    that modality ``m``'s mean probability over its observed entries is ``rate[m]`` — the
+    self-masking mechanism of Ipsen, Frellsen & Mattei (2021) that ``Modality(missingness=
+    "self_masking")`` models. ``keep_at_least_one`` as in :func:`feature_mcar`. Returns a new
+    data set.
+    """
+    rates = _rates(dataset.names, rate, default=None)
+    strength = float(strength)
+    if not math.isfinite(strength):
+        raise ValueError(f"feature_mnar strength must be a finite number, got {strength}")
+
+    def probabilities(m: str, observed: torch.Tensor) -> torch.Tensor:
+        x = dataset.data[m].to(torch.float64)
+        w = observed.to(torch.float64)
+        count = w.sum(0).clamp_min(1.0)
+        mean = (x * w).sum(0) / count
+        sd = (((x - mean) ** 2 * w).sum(0) / count).sqrt()
+        t = torch.where(sd > 0, (x - mean) / torch.where(sd > 0, sd, 1.0), torch.zeros_like(x))
+        a = _sigmoid_offset(t[observed], strength, rates[m]) if bool(observed.any()) else 0.0
+        return torch.sigmoid(a + strength * t).to(torch.float32)
+
+    return _drop_entries(dataset, probabilities, rates, seed, keep_at_least_one)
+
+
+def _drop_entries(
+    dataset: MultimodalDataset,
+    probabilities: Callable[[str, torch.Tensor], torch.Tensor],
+    rates: Mapping[str, float],
+    seed: int,
+    keep_at_least_one: bool,
+) -> MultimodalDataset:
+    """Each observed entry of a modality ``m`` in ``rates`` goes missing with its probability
+    ``probabilities(m, observed)`` (``(N, *shape)``); rows left with nothing get one entry back."""
     names = dataset.names
-    rates = _rates(names, rate, default=None)
     g = torch.Generator().manual_seed(seed)
     n = len(dataset)
     before, after = {}, {}
@@ -269,7 +320,7 @@ def feature_mcar(
         before[m] = full
         if m in rates:
             u = torch.rand(full.shape, generator=g)
-            after[m] = full & ~(u < rates[m])
+            after[m] = full & ~(u < probabilities(m, full))
         else:
             after[m] = mask
     if keep_at_least_one:

@@ -10,6 +10,8 @@ from typing import Any
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 #: values of :attr:`Modality.mask_aware`
 MASK_AWARE = ("auto", "on", "off")
+#: values of :attr:`Modality.missingness` (:mod:`pyromv.nn.missingness`)
+MISSINGNESS = ("ignorable", "self_masking", "self_masking_high", "self_masking_low", "linear")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,15 @@ class Modality:
         a :class:`~pyromv.data.MultimodalDataset` whose rows observe only some entries of this
         modality, and ``"off"`` when a model is built from a spec still ``"auto"``; a model
         records the resolved value (``config.json``), so it reloads identically.
+    missingness : str
+        How the entries of this modality go missing. ``"ignorable"`` (default: missing at
+        random, the mask is not modelled) or a model ``p(s | x)`` of the feature mask ``s`` given
+        the complete values, trained with the model (not-MIWAE, Ipsen, Frellsen & Mattei 2021;
+        missing not at random): ``"self_masking"`` (each entry's chance of going missing is
+        logistic in its own value), ``"self_masking_high"`` / ``"self_masking_low"`` (the same,
+        with large / small values the more likely to go missing), ``"linear"`` (logistic in all
+        the modality's values). Needs a reparameterisable likelihood (normal, laplace,
+        continuous_bernoulli); see :mod:`pyromv.nn.missingness`.
     """
 
     name: str
@@ -79,6 +90,7 @@ class Modality:
     decoder: NetworkSpec = field(default_factory=NetworkSpec)
     rescale: float = 1.0
     mask_aware: str = "auto"
+    missingness: str = "ignorable"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -109,6 +121,10 @@ class Modality:
                 f"modality {self.name!r}: mask_aware must be one of {list(MASK_AWARE)}, got {self.mask_aware!r}"
             )
         object.__setattr__(self, "mask_aware", setting)
+        if self.missingness not in MISSINGNESS:
+            raise ValueError(
+                f"modality {self.name!r}: missingness must be one of {list(MISSINGNESS)}, got {self.missingness!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of the fields (inverse of ``from_dict``)."""

@@ -21,8 +21,8 @@ class GatheredLikelihood(TorchDistribution):
     scores them with ``scored`` and scatters the result into zeros of the batch shape.
 
     The log-density of an unselected entry is 0, so the site must be masked there (as
-    ``poutine.mask`` does in the models); ``sample`` draws the selected entries and fills the
-    others with zeros.
+    ``poutine.mask`` does in the models); ``sample`` (and ``rsample``, where ``scored`` has it)
+    draws the selected entries and fills the others with zeros.
 
     Parameters
     ----------
@@ -66,9 +66,19 @@ class GatheredLikelihood(TorchDistribution):
         lp = self.scored.log_prob(self._selected(value))
         return lp.new_zeros(self.batch_shape).masked_scatter(self.mask, lp)
 
+    @property
+    def has_rsample(self) -> bool:
+        return self.scored.has_rsample
+
+    def _scatter(self, draws: Tensor, sample_shape: torch.Size) -> Tensor:
+        out = draws.new_zeros(sample_shape + self.batch_shape + self.event_shape)
+        out[(slice(None),) * len(sample_shape) + (self.mask,)] = draws  # differentiable in draws
+        return out
+
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
-        draws = self.scored.sample(sample_shape)  # (*sample_shape, N, *event)
-        out = draws.new_zeros(sample_shape + self.batch_shape + self.event_shape)
-        out[(slice(None),) * len(sample_shape) + (self.mask,)] = draws
-        return out
+        return self._scatter(self.scored.sample(sample_shape), sample_shape)  # draws (*sample_shape, N, *event)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        return self._scatter(self.scored.rsample(sample_shape), sample_shape)

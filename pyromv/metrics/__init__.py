@@ -20,6 +20,7 @@ from .fid import (
     frechet_distance,
     inception_extractor,
 )
+from .gaps import InferenceGaps, inference_gaps
 from .imputation import Imputation, imputation_error, impute
 from .likelihood import (
     ImportanceSamplingWarning,
@@ -48,6 +49,7 @@ __all__ = [
     "ImportanceSamplingWarning",
     "Imputation",
     "InceptionFeatures",
+    "InferenceGaps",
     "LikelihoodOptions",
     "LogLikelihood",
     "ModalityClassifier",
@@ -68,6 +70,7 @@ __all__ = [
     "imputation_error",
     "impute",
     "inception_extractor",
+    "inference_gaps",
     "joint_coherence",
     "latent_means",
     "log_likelihood",

@@ -198,15 +198,24 @@ class _Target:
         shape = (self.C, self.B)
         tr = self.layout.trace(x)
         guide_trace = poutine.trace(poutine.replay(self.plate(self.model.iw_guide), trace=tr)).get_trace(self.proposal)
-        model_trace = poutine.trace(poutine.replay(self.plate(self.model.iw_model), trace=tr)).get_trace(self.scored)
         guide_trace = poutine.util.prune_subsample_sites(guide_trace)
-        model_trace = poutine.util.prune_subsample_sites(model_trace)
         guide_trace.compute_log_prob()
-        model_trace.compute_log_prob()
         lq_sites = _site_log_probs(guide_trace, self.particle_dim, shape, skip_observed=True)
         if set(lq_sites) != set(self.layout.names):
             raise ValueError(f"the proposal's latent sites changed between runs: {sorted(lq_sites)} "
                              f"vs {sorted(self.layout.names)}")
+        lq = sum(lq_sites.values())
+        ls, lt = self.log_joint(x, tr)
+        return lq, ls, lt
+
+    def log_joint(self, x: Tensor, tr: Trace | None = None) -> tuple[Tensor, Tensor]:
+        """``log p(X_S, z)`` and ``log p(X_T | z)`` (zero for a joint estimate) at ``x`` ``(C, B, D)``,
+        without running the proposal."""
+        shape = (self.C, self.B)
+        tr = self.layout.trace(x) if tr is None else tr
+        model_trace = poutine.trace(poutine.replay(self.plate(self.model.iw_model), trace=tr)).get_trace(self.scored)
+        model_trace = poutine.util.prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob()
         lp_sites = _site_log_probs(model_trace, self.particle_dim, shape)
         latent_p = {n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
         if latent_p != set(self.layout.names):
@@ -214,10 +223,9 @@ class _Target:
                 f"the model's latent sites {sorted(latent_p)} differ from the proposal's "
                 f"{sorted(self.layout.names)}: AIS needs the same latents on both sides"
             )
-        lq = sum(lq_sites.values())
         ls = sum(v for k, v in lp_sites.items() if k not in self.exclude)
-        lt = sum((v for k, v in lp_sites.items() if k in self.exclude), torch.zeros_like(lq))
-        return lq, ls, lt
+        lt = sum((v for k, v in lp_sites.items() if k in self.exclude), torch.zeros_like(ls))
+        return ls, lt
 
     def state(self, x: Tensor) -> _State:
         self.evaluations += 1

@@ -21,7 +21,8 @@ from .classifiers import Classifier, ClassifierConfig, classifier_accuracy, trai
 from .clustering import cluster_latents, latent_means, model_clusters
 from .coherence import cross_coherence, joint_coherence
 from .fid import FeatureExtractor, InceptionFeatures, fid
-from .likelihood import ImportanceSamplingWarning, LikelihoodOptions, log_likelihood
+from .gaps import inference_gaps
+from .likelihood import ImportanceSamplingWarning, LikelihoodOptions, LogLikelihood, log_likelihood
 from .reconstruction import reconstruction_error
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ class EvalConfig:
         The likelihood estimator: ``method`` (``"iwae"`` or ``"ais"``), the importance-sampling
         ``proposal`` (``"guide"`` or ``"defensive"``) and ``adaptive`` K, AIS's ``num_steps`` and
         ``num_chains`` (``likelihood.method=ais`` on the command line; docs/likelihood.md).
+    inference_gaps : bool
+        Also split the joint ELBO's gap to the log-likelihood into its amortisation and
+        approximation parts (:func:`~pyromv.metrics.inference_gaps`, Cremer et al. 2018) on the
+        likelihood's rows.
+    gap_steps : int
+        Adam steps of each row's Gaussian fit for ``inference_gaps``.
     """
 
     num_particles: int = 1000
@@ -93,6 +100,8 @@ class EvalConfig:
     seed: int = 0
     progress: bool = True
     likelihood: LikelihoodOptions = field(default_factory=LikelihoodOptions)
+    inference_gaps: bool = False
+    gap_steps: int = 300
 
     def validate(self) -> None:
         """Check the options; raise ValueError/TypeError naming the first bad one."""
@@ -100,6 +109,8 @@ class EvalConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"evaluation: {name} must be a positive int, got {value!r}")
+        if not isinstance(self.gap_steps, int) or isinstance(self.gap_steps, bool) or self.gap_steps < 0:
+            raise ValueError(f"evaluation: gap_steps must be an int >= 0, got {self.gap_steps!r}")
         if not isinstance(self.max_rows, int) or self.max_rows < 0:
             raise ValueError(f"evaluation: max_rows must be >= 0, got {self.max_rows!r}")
         if self.embedding not in ("pca", "tsne"):
@@ -113,7 +124,7 @@ QUICK_EVALUATION: dict[str, Any] = {
 }
 
 
-def _likelihood(model: MultimodalVAE, data: MultimodalDataset, cfg: EvalConfig, **kw) -> dict[str, Any]:
+def _likelihood(model: MultimodalVAE, data: MultimodalDataset, cfg: EvalConfig, **kw) -> LogLikelihood:
     """Run ``log_likelihood`` and turn its k-hat warning into a log line (kept in the summary)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImportanceSamplingWarning)
@@ -130,7 +141,7 @@ def _likelihood(model: MultimodalVAE, data: MultimodalDataset, cfg: EvalConfig, 
             log.warning("%s", w.message)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return result.summary()
+    return result
 
 
 def _subset(data: MultimodalDataset, max_rows: int, seed: int) -> MultimodalDataset:
@@ -203,14 +214,25 @@ def evaluate(
         if cfg.conditional:
             out["skipped"]["conditional_log_likelihood"] = out["skipped"]["log_likelihood"]
     else:
-        out["log_likelihood"] = _likelihood(model, rows, cfg)
+        joint = _likelihood(model, rows, cfg)
+        out["log_likelihood"] = joint.summary()
+        if cfg.inference_gaps:
+            try:
+                gaps = inference_gaps(model, rows, likelihood=joint, local_steps=cfg.gap_steps,
+                                      batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
+            except ValueError as err:  # a model whose proposal has no density at fixed latents (Nexus)
+                out["skipped"]["inference_gaps"] = str(err)
+            else:
+                out["inference_gaps"] = gaps.summary()
+    if cfg.inference_gaps and not getattr(model, "has_likelihood", True):
+        out["skipped"]["inference_gaps"] = out["skipped"]["log_likelihood"]
     if cfg.conditional and len(model.names) > 1 and getattr(model, "has_likelihood", True):
         out["conditional_log_likelihood"] = {}
         for m in model.generated_modalities:
             others = [o for o in model.names if o != m]
             out["conditional_log_likelihood"][m] = _likelihood(
                 model, rows, cfg, given=others, targets=[m]
-            )
+            ).summary()
 
     # ---- coherence
     complete = classifiers is not None and all(m in classifiers for m in model.generated_modalities)
@@ -317,6 +339,12 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
             f"{_pct(ll['khat_fraction_above_threshold'])} of rows"
             + (f", passing their diagnostic: {_pct(ll['passed_fraction'])}" if ll.get("passed_fraction")
                is not None else "") + ")"
+        )
+    gaps = metrics.get("inference_gaps")
+    if gaps:
+        lines.append(
+            f"  ELBO {gaps['elbo']:.2f}, per-row Gaussian fit {gaps['local_elbo']:.2f}: amortisation gap "
+            f"{gaps['amortisation_gap']:.2f}, approximation gap {gaps['approximation_gap']:.2f} nats per row"
         )
     for m, c in (metrics.get("conditional_log_likelihood") or {}).items():
         lines.append(

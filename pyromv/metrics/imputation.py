@@ -169,6 +169,20 @@ def _capture(model: MultimodalVAE, store: dict) -> object:
     return guide
 
 
+def _missingness_draws(trace, name: str, batch: MultimodalBatch, K: int, B: int,
+                       shape: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
+    """For a modality with a missingness model: ``(rows, values)``, the rows whose mask the
+    model scored ``(1, B, 1, ...)`` and the complete values ``(K, B, *shape)`` the weights were
+    computed at (observed entries, and the draws of the missing ones); None otherwise."""
+    site = trace.nodes.get(f"xfill_{name}")
+    if site is None:
+        return None
+    value = site["value"]
+    value = value.expand(value.shape[:1] + value.shape[1:-len(shape) - 1] + (B,) + shape).reshape((K, B) + shape)
+    seen = batch.row_mask(name).reshape((1, B) + (1,) * len(shape))
+    return seen, value
+
+
 def _observed_everywhere(batch: MultimodalBatch, targets: Sequence[str]) -> MultimodalBatch:
     """``batch`` with every target observed in every row (so the model decodes all of them)."""
     mask = dict(batch.obs_mask)
@@ -193,7 +207,8 @@ def _impute_chunk(
     for start in range(0, K, particle_chunk):
         k = min(particle_chunk, K - start)
         store: dict = {}
-        lw, _ = importance_weights(model, batch, batch, k, guide=_capture(model, store))
+        record: dict = {}
+        lw, _ = importance_weights(model, batch, batch, k, guide=_capture(model, store), record=record)
         plate = pyro.plate(PARTICLE_PLATE, k, dim=particle_dim)
         trace = poutine.trace(poutine.replay(plate(model.iw_model), trace=store["trace"])).get_trace(full)
         lw = lw.detach().to("cpu", torch.float64)
@@ -214,7 +229,13 @@ def _impute_chunk(
             site = trace.nodes[f"x_{m}"]
             shape = tuple(model.modality(m).shape)
             mom = moments[m] = _Moments(site["fn"], shape)
-            for name, value in mom.parts(k, B).items():
+            parts = mom.parts(k, B)
+            drawn = _missingness_draws(record["model"], m, batch, k, B, shape)
+            if drawn is not None:  # not-MIWAE: the draws the weights scored, not E[x | z_k]
+                seen, v = drawn
+                parts = {"mean": torch.where(seen, v, parts["mean"]),
+                         "second": torch.where(seen, v**2, parts["second"])}
+            for name, value in parts.items():
                 value = value.to("cpu", torch.float64)
                 ww = w.reshape((k, B) + (1,) * (value.dim() - 2))
                 s = (ww * value).sum(0)
@@ -222,7 +243,10 @@ def _impute_chunk(
                 r = rescale.reshape((B,) + (1,) * (s.dim() - 1))
                 acc[m][name] = s if prev is None else prev * r + s
             if num_imputations:
-                x = mom.draw(k, B, sample).cpu()
+                x = mom.draw(k, B, sample)
+                if drawn is not None:
+                    x = torch.where(drawn[0], drawn[1], x)
+                x = x.cpu()
                 chosen = x[pick, torch.arange(B)]  # (I, B, *shape)
                 t = take.reshape(take.shape + (1,) * len(shape))
                 draws[m] = chosen if m not in draws else torch.where(t, chosen, draws[m])
@@ -264,6 +288,12 @@ def impute(
     multiple imputations by sampling-importance-resampling of ``z`` (Mattei & Frellsen 2019).
     Entries missing inside an observed modality and whole missing modalities are filled alike.
 
+    For a modality with a missingness model (``Modality.missingness``, not-MIWAE: Ipsen et al.
+    2021) the weights include ``p(s | x_obs, x_miss,k)`` at a draw ``x_miss,k ~ p(x_miss | z_k)``,
+    and the imputation weighs those draws, ``sum_k w~_k x_miss,k``, which estimates
+    ``E[x_miss | X_obs, s]`` (its multiple imputations are the resampled draws, whatever
+    ``sample``); in rows missing that modality entirely it is filled as above.
+
     Parameters
     ----------
     model : MultimodalVAE
@@ -297,6 +327,8 @@ def impute(
     ----------
     .. [1] P.-A. Mattei and J. Frellsen, "MIWAE: Deep Generative Modelling and Imputation of
        Incomplete Data Sets", ICML 2019.
+    .. [2] N. B. Ipsen, P.-A. Mattei and J. Frellsen, "not-MIWAE: Deep generative modelling with
+       missing not at random data", ICLR 2021.
     """
     if not isinstance(model, MultimodalVAE):
         raise TypeError(f"expected a MultimodalVAE, got {type(model).__name__}")

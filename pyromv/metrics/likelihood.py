@@ -317,6 +317,7 @@ def importance_weights(
     exclude: Iterable[str] = (),
     guide: Callable[[MultimodalBatch], None] | None = None,
     defensive: DefensiveMixture | None = None,
+    record: dict[str, Trace] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Log importance weights of ``z_k ~ q(z | proposal_batch)`` for ``score_batch``.
 
@@ -334,6 +335,9 @@ def importance_weights(
     With ``defensive`` (a :class:`~pyromv.metrics.proposals.DefensiveMixture`) each particle
     comes from the guide or, with probability ``a``, from its wide heavy-tailed version ``r``,
     and ``log q`` above is the mixture's ``log((1 - a) q(z | X) + a r(z | X))``.
+
+    ``record``, a dict, receives the model's trace as ``record["model"]`` (the values the
+    weights were computed at, e.g. a missingness model's draws of the missing entries).
     """
     particle_dim = -model.max_plate_nesting - 1
     shape = (num_particles, score_batch.batch_size)
@@ -353,6 +357,8 @@ def importance_weights(
     model_trace = poutine.util.prune_subsample_sites(model_trace)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
+    if record is not None:
+        record["model"] = model_trace
     log_q = sum(_site_log_probs(guide_trace, particle_dim, shape, skip_observed=True).values())
     if wide_trace is not None:
         wide_trace = poutine.util.prune_subsample_sites(wide_trace)
@@ -633,7 +639,8 @@ def scored_rows(model: MultimodalVAE, data: MultimodalDataset | MultimodalBatch,
         reported_given=(context or None) if given_t is None else given_t,
         proposal_names=context + targets_t if given_t is None else given_t,
         scored_names=context + targets_t if given_t is None else given_t + targets_t,
-        exclude=[] if given_t is None else [f"x_{m}" for m in targets_t],
+        # a target's likelihood and, with a missingness model, its feature mask's factor s_{m}
+        exclude=[] if given_t is None else [f"{site}_{m}" for m in targets_t for site in ("x", "s")],
     )
 
 

@@ -24,6 +24,7 @@ from ..data.modality import Modality
 from ..data.validation import check_modalities
 from ..distributions.gathered import GatheredLikelihood
 from ..distributions.likelihoods import build_likelihood
+from ..nn.missingness import build_missingness, mask_log_prob
 from ..nn.registry import build_decoder, build_encoder
 from .config import ModelConfig
 
@@ -86,6 +87,10 @@ class MultimodalVAE(PyroModule):
             self.decoders[m.name] = build_decoder(
                 m.decoder.name, m.decoder.kwargs, D + self.private_dim, head.param_shape
             )
+        # models of the feature masks (not-MIWAE): p(s_m | x_m), scored at the site s_{m}
+        self.missingness = nn.ModuleDict({
+            m.name: self._missingness_model(m) for m in self.modalities if m.missingness != "ignorable"
+        })
         if self.private_dim:
             # modality-specific latents w_m ~ N(0, I) with encoders q(w_m | x_m)
             self.private_encoders = nn.ModuleDict({
@@ -100,6 +105,30 @@ class MultimodalVAE(PyroModule):
         }
         self.register_buffer("prior_loc", torch.zeros(D))
         self.register_buffer("prior_scale", torch.full((D,), float(config.prior_scale)))
+
+    #: Whether the model scores its likelihood through :meth:`observe` (so that a modality's
+    #: missingness model, ``Modality.missingness``, enters it); models with their own
+    #: observation sites set this to False and refuse such modalities.
+    models_missingness: bool = True
+
+    def _missingness_model(self, m: Modality) -> nn.Module:
+        """The network of ``p(s_m | x_m)`` for modality ``m``, after checking that this model and
+        this likelihood can carry it (the missing values are drawn by reparameterisation)."""
+        if not getattr(self, "has_likelihood", True) or not self.models_missingness:
+            raise ValueError(
+                f"modality {m.name!r}: {type(self).__name__} does not model missingness (missingness="
+                f"{m.missingness!r}); use missingness='ignorable' or a model such as MVAE, MMVAE or MoPoE"
+            )
+        head = self.likelihoods[m.name]
+        with torch.no_grad():
+            probe = head(torch.zeros((1,) + tuple(head.param_shape)))
+        if not probe.has_rsample:
+            raise ValueError(
+                f"modality {m.name!r}: missingness={m.missingness!r} draws the missing entries by "
+                f"reparameterisation, which the {m.likelihood!r} likelihood does not have; use a "
+                "continuous likelihood (normal, laplace, continuous_bernoulli) or missingness='ignorable'"
+            )
+        return build_missingness(m.missingness, m.shape)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -230,6 +259,24 @@ class MultimodalVAE(PyroModule):
             weight = self.likelihood_weights[m.name]
             with poutine.mask(mask=rows), (poutine.scale(scale=weight) if weight != 1.0 else nullcontext()):
                 pyro.sample(f"x_{m.name}", fn, obs=batch.data[m.name])
+            if m.name in self.missingness:
+                self.observe_mask(m, fn, batch, rows)
+
+    def observe_mask(self, m: Modality, fn: dist.TorchDistribution, batch: MultimodalBatch, rows: Tensor) -> None:
+        """The factor ``s_{m} = log p(s_m | x_m)`` of modality ``m``'s feature mask given its
+        complete values: the observed entries, and a reparameterised draw of ``fn = p(x_m | ...)``
+        at the missing ones (recorded as the deterministic site ``xfill_{m}``); scored in the rows
+        that observe ``m`` (a whole missing modality stays ignorable). One draw per particle makes
+        the importance weights those of not-MIWAE (Ipsen et al. 2021), unbiased for ``p(x_obs, s)``."""
+        x = batch.data[m.name]
+        observed = batch.feature_mask(m.name)
+        if observed is None:
+            observed = torch.ones_like(x, dtype=torch.bool)
+        filled = torch.where(observed, x, fn.rsample())
+        pyro.deterministic(f"xfill_{m.name}", filled, event_dim=len(m.shape))
+        logits = self.missingness[m.name](filled)
+        with poutine.mask(mask=rows):
+            pyro.factor(f"s_{m.name}", mask_log_prob(logits, observed, len(m.shape)))
 
     def likelihood(self, name: str, h: Tensor, scored: Tensor | None = None,
                    features: Tensor | None = None) -> dist.TorchDistribution:

@@ -92,6 +92,8 @@ class CVAE(MultimodalVAE):
     The gradient is that of the reparameterised ELBO: unbiased for the stated objective.
     """
 
+    models_missingness = False  # its own observation sites: Modality.missingness is refused
+
     config_class = CVAEConfig
 
     def __init__(self, modalities, config: CVAEConfig | None = None) -> None:
@@ -111,8 +113,8 @@ class CVAE(MultimodalVAE):
         D = c.latent_dim
         # the base class's unimodal encoders and the decoders of c are not part of this model
         self.encoders = nn.ModuleDict()
-        self.cond_width = sum(math.prod(self.likelihoods[m].input_shape) + 1 for m in conditioning)
-        y_width = math.prod(self.likelihoods[main].input_shape)
+        self.cond_width = sum(self._input_width(m) + 1 for m in conditioning)
+        y_width = self._input_width(main)
         self.recognition = MLPEncoder((y_width + self.cond_width,), D, list(c.encoder_hidden_dims))
         self.prior_net = (MLPEncoder((self.cond_width,), D, list(c.prior_hidden_dims))
                           if c.prior_network and conditioning else None)
@@ -130,12 +132,23 @@ class CVAE(MultimodalVAE):
         return [self.main]
 
     # ------------------------------------------------------------------ inputs
+    def _input_width(self, name: str) -> int:
+        """Width of :meth:`_masked_input`: the flattened encoder input, twice for a mask-aware
+        modality (values and their mask)."""
+        width = math.prod(self.likelihoods[name].input_shape)
+        return 2 * width if self.modality(name).mask_aware == "on" else width
+
     def _masked_input(self, batch: MultimodalBatch, name: str) -> Tensor:
-        """Encoder input of ``name``, flattened ``(B, w)``, zero where the row or entry is missing."""
+        """Encoder input of ``name``, flattened ``(B, w)``, zero where the row or entry is missing;
+        for a mask-aware modality (``Modality.mask_aware="on"``) followed by its entry mask (the
+        networks' view of ``(x * m, m)``, as :class:`~pyromv.nn.MaskConcat` gives the encoders)."""
         x = self.likelihoods[name].encoder_input(batch.data[name])
         keep = batch.obs_mask[name]
         keep = keep.reshape(keep.shape + (1,) * (x.dim() - keep.dim()))
-        return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)).flatten(1)
+        values = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)).flatten(1)
+        if self.modality(name).mask_aware != "on":
+            return values
+        return torch.cat([values, self.encoder_mask(name, batch).flatten(1).to(values.dtype)], -1)
 
     def condition_input(self, batch: MultimodalBatch) -> Tensor:
         """``(B, cond_width)``: each conditioning modality's zero-filled input and its availability bit."""

@@ -150,6 +150,8 @@ class Nexus(MultimodalVAE):
     a row observing nothing gets ``q(z_sigma) = p(z_sigma)``.
     """
 
+    models_missingness = False  # its own observation sites: Modality.missingness is refused
+
     config_class = NexusConfig
 
     def __init__(self, modalities, config: NexusConfig | None = None) -> None:

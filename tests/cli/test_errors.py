@@ -90,6 +90,9 @@ def test_a_value_of_the_wrong_type_names_the_option_and_the_type(tmp_path, capfd
         ("trainer.lr=-1", ["trainer", "learning rate", "-1"]),  # torch's optimiser refuses it
         ("data.test_fraction=2", ["data=polydigits", "test_fraction", "(0, 1)"]),  # the data source refuses it
         ("evaluation.embedding=umap", ["evaluation", "embedding", "'pca' or 'tsne'", "umap"]),
+        ("missingness=mnar", ["missingness", "self_masking", "mnar"]),
+        ("feature_missing_pattern=blocks", ["feature_missing_pattern", "mcar or self_masking", "blocks"]),
+        ("missingness=self_masking", ["missingness=self_masking", "misses single entries", "feature_missing_rate"]),
         ("evaluate=true", None),  # a valid option: no error (checked below, trains one tiny epoch)
     ],
 )
@@ -103,6 +106,14 @@ def test_a_refused_option_value_is_one_line_naming_the_group(tmp_path, capfd, mo
         return
     line = _one_line(code, err)
     for part in expected:
+        assert part in line, line
+
+
+def test_a_model_that_cannot_model_missingness_is_one_line(tmp_path, capfd, monkeypatch):
+    code, out, err = train(tmp_path, capfd, monkeypatch, "model=cvae", "feature_missing_rate=0.3",
+                           "missingness=self_masking")
+    line = _one_line(code, err)
+    for part in ("model=cvae", "does not model missingness", "ignorable"):
         assert part in line, line
 
 

@@ -84,3 +84,15 @@ def test_console_script_prints_the_test_elbo(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "test ELBO:" in out.stdout
     assert (tmp_path / "metrics.json").is_file()
+
+
+def test_self_masked_entries_and_a_missingness_model(tmp_path):
+    """``feature_missing_pattern=self_masking`` drops large entries (MNAR) and ``missingness=...``
+    gives every modality with missing entries a missingness model, saved with the model."""
+    cfg = _config("trainer.epochs=1", "trainer.progress=false", "model.latent_dim=4", "evaluate=false",
+                  "feature_missing_rate=0.3", "feature_missing_pattern=self_masking", "missingness=self_masking_high")
+    metrics = run(cfg, "mvae", "polydigits", tmp_path)
+    assert all(0.6 < f <= 1 for f in metrics["train_observed_fraction"].values())
+    model = load_model(tmp_path / "model")
+    assert {m.missingness for m in model.modalities} == {"self_masking_high"}
+    assert set(model.missingness) == set(model.names)

@@ -9,6 +9,7 @@ from pyromv.data import (
     MultimodalDataset,
     block,
     feature_mcar,
+    feature_mnar,
     mcar,
     mnar,
     pattern_histogram,
@@ -138,6 +139,38 @@ def test_feature_mcar_keeps_one_entry_per_row():
         dropped = feature_mcar(ds, 0.9, seed=2, keep_at_least_one=False)
     assert abs(len(dropped) - 400 * (1 - 0.9**3)) < 4 * math.sqrt(400 * 0.729 * 0.271)
     assert int(dropped.obs_mask["b"].sum(1).min()) >= 1
+
+
+# ---------------------------------------------------------------- feature_mnar
+def test_feature_mnar_self_masks_at_the_rate():
+    """The mean probability over observed entries is the rate (so the realised rate is within
+    binomial error of it), and the entries that go missing are the large ones (positive strength)
+    or the small ones (negative)."""
+    n, rate = 3000, 0.3
+    ds = _dataset(n)
+    for strength in (2.0, -2.0):
+        out = feature_mnar(ds, {"a": rate, "b": rate}, strength=strength, seed=1)
+        assert out.obs_mask["c"].shape == (n,)
+        for m, size in (("a", 6), ("b", 3)):
+            observed = out.obs_mask[m]
+            realised = 1.0 - float(observed.float().mean())
+            assert abs(realised - rate) < 4 * math.sqrt(rate * (1 - rate) / (n * size))
+            x = ds.data[m]
+            gap = float(x[~observed].mean() - x[observed].mean())  # standard normal data
+            assert gap > 0.5 if strength > 0 else gap < -0.5, (m, strength, gap)
+        assert float(out.data["a"][~out.obs_mask["a"]].abs().sum()) == 0.0
+
+
+def test_feature_mnar_without_strength_is_feature_mcar():
+    """``strength = 0``: every entry's probability is the rate, and the draws are those of
+    :func:`feature_mcar` with the same seed (one code path for both)."""
+    ds = mcar(_dataset(500), 0.3, seed=4)
+    a = feature_mnar(ds, 0.4, strength=0.0, seed=3)
+    b = feature_mcar(ds, 0.4, seed=3)
+    for m in NAMES:
+        assert torch.equal(a.obs_mask[m], b.obs_mask[m])
+    with pytest.raises(ValueError, match="strength"):
+        feature_mnar(ds, 0.4, strength=math.inf)
 
 
 # ---------------------------------------------------------------- histogram

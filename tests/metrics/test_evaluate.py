@@ -126,6 +126,28 @@ def test_eval_config_is_validated():
         EvalConfig(num_particles=0).validate()
     with pytest.raises(ValueError, match="embedding"):
         EvalConfig(embedding="umap").validate()
+    with pytest.raises(ValueError, match="gap_steps"):
+        EvalConfig(gap_steps=-1).validate()
+
+
+def test_inference_gaps_of_an_exact_guide_are_zero(float64):
+    """``inference_gaps=True``: with the linear-Gaussian model's exact guide (complete rows) the
+    ELBO, the per-row fit and the log-likelihood coincide, so both gaps are zero, and the summary
+    prints them."""
+    from pyromv.data import MultimodalDataset
+    from tests.oracles.linear_gaussian import LinearGaussian, build_mvae
+
+    lg = LinearGaussian.random({"a": 3, "b": 2}, 2, {"a": 0.5, "b": 0.8}, seed=1)
+    model = build_mvae(lg)
+    test = MultimodalDataset(model.modalities, lg.sample(12, seed=2))
+    cfg = EvalConfig(num_particles=30, conditional=False, fid=False, plots=False, clustering=False, progress=False,
+                     inference_gaps=True, gap_steps=100)
+    metrics = evaluate(model, test, None, cfg)
+    gaps = metrics["inference_gaps"]
+    assert gaps["rows"] == 12 and gaps["local_steps"] == 100
+    assert abs(gaps["local_elbo"] - metrics["log_likelihood"]["mean"]) < 1e-4
+    assert abs(gaps["amortisation_gap"]) < 1e-4 and abs(gaps["approximation_gap"]) < 1e-4
+    assert "amortisation gap" in format_summary(metrics) and "approximation gap" in format_summary(metrics)
 
 
 @pytest.mark.parametrize("name", registered_models())
@@ -137,14 +159,19 @@ def test_every_model_is_evaluated(tmp_path, polydigits, name):
     torch.manual_seed(0)
     model = cls(source.modalities(), cls.config_class(latent_dim=4))
     cfg = EvalConfig(num_particles=8, max_rows=8, particle_chunk=8, joint_samples=20, progress=False,
-                     classifier=ClassifierConfig(epochs=1, hidden_dim=16), plot_rows=2)
+                     classifier=ClassifierConfig(epochs=1, hidden_dim=16), plot_rows=2, inference_gaps=True,
+                     gap_steps=2)
     metrics = evaluate(model, test.subset(torch.arange(24)), train.subset(torch.arange(120)), cfg,
                        out_dir=tmp_path)
     if getattr(model, "has_likelihood", True):
         assert math.isfinite(metrics["log_likelihood"]["mean"])
         assert all(math.isfinite(c["mean"]) for c in metrics["conditional_log_likelihood"].values())
+        if name == "nexus":  # its proposal draws outside its sample sites: no per-row fit
+            assert "randomness outside" in metrics["skipped"]["inference_gaps"]
+        else:
+            assert all(math.isfinite(metrics["inference_gaps"][k]) for k in ("elbo", "local_elbo", "gap"))
     else:  # deterministic autoencoders (DCCAE, mAAE, mWAE): no density, skipped and said so
-        assert {"log_likelihood", "conditional_log_likelihood"} <= metrics["skipped"].keys()
+        assert {"log_likelihood", "conditional_log_likelihood", "inference_gaps"} <= metrics["skipped"].keys()
         assert "log_likelihood" not in metrics and "conditional_log_likelihood" not in metrics
     assert set(metrics["coherence"]["by_size"]) == {"1", "2"}
     if len(model.generated_modalities) > 1:

@@ -1,4 +1,5 @@
-"""Every estimator of ``log_likelihood`` on every registered model: a finite estimate or a clear refusal.
+"""Every estimator of ``log_likelihood`` (and ``inference_gaps``) on every registered model: a finite
+estimate or a clear refusal.
 
 The estimators' numbers are checked against closed forms in ``tests/oracles``; this file checks
 the other direction of genericity: a model registered tomorrow either works with AIS, the
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from pyromv.data import MultimodalDataset
-from pyromv.metrics import ImportanceSamplingWarning, log_likelihood
+from pyromv.metrics import ImportanceSamplingWarning, inference_gaps, log_likelihood
 from pyromv.models import registered_models
 from tests.models.test_common_surface import MODS, PARTIAL, _data, _model
 
@@ -57,3 +58,29 @@ def test_estimate_or_clear_refusal(name, estimator):
     assert result.values.numel() > 0 and bool(result.values.isfinite().all()), result.values
     if estimator == "ais":
         assert result.row_stderr is not None and bool(result.row_stderr.isfinite().all())
+
+
+#: models whose inference gaps are refused, and the error's words
+GAPS_REFUSED = {"nexus": "randomness outside its sample sites"}
+
+
+@pytest.mark.parametrize("name", registered_models())
+def test_inference_gaps_or_clear_refusal(name):
+    """The per-row Gaussian fit runs on every latent site of every model with a likelihood (or
+    is refused): finite ELBOs and gaps, the two parts adding up to the whole gap, and no
+    gradient left on the model's parameters."""
+    model = _model(name, {})
+    refusal = GAPS_REFUSED.get(name)
+    if not getattr(model, "has_likelihood", True):
+        refusal = "no likelihood"
+    options = {"K": 4, "local_steps": 3, "local_samples": 2, "elbo_samples": 4, "seed": 0,
+               "likelihood_options": {"khat": False}}
+    if refusal is not None:
+        with pytest.raises(ValueError, match=refusal):
+            inference_gaps(model, _partial(), **options)
+        return
+    gaps = inference_gaps(model, _partial(), **options)
+    for value in (gaps.log_p, gaps.elbo, gaps.local_elbo, gaps.elbo_stderr, gaps.local_elbo_stderr):
+        assert value.numel() == gaps.rows.numel() > 0 and bool(value.isfinite().all()), value
+    torch.testing.assert_close(gaps.amortisation_gap + gaps.approximation_gap, gaps.gap)
+    assert all(p.grad is None for p in model.parameters())

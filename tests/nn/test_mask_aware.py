@@ -201,3 +201,25 @@ def test_a_model_built_before_the_data_warns_once_that_its_encoder_misses_the_ma
             MVAE(partial.modalities, MVAEConfig(latent_dim=2)).modalities)  # built from the data: no warning
         off = [Modality(**{**MODS[0].__dict__, "mask_aware": "off"}), MODS[1]]
         feature_mcar(MultimodalDataset(MODS, _data()), {"v": 0.3}).check_against(off)  # a choice: no warning
+
+
+def test_cvae_networks_see_the_entry_masks_of_mask_aware_modalities():
+    """CVAE's own recognition and prior networks (not registered encoders) take ``(x * m, m)``
+    for a mask-aware modality: two rows with the same zero-filled values but different masks
+    (an observed 0 vs a missing entry) get different posteriors and priors; with the flag off
+    they cannot be told apart."""
+    from pyromv.models.cvae import CVAE, CVAEConfig
+
+    mods = [Modality("y", (4,), "normal", {"scale": 0.5}), Modality("c", (3,), "normal", {"scale": 0.5})]
+    data = {"y": torch.tensor([[0.5, 0.0, 1.0, -1.0]] * 2), "c": torch.tensor([[0.0, 2.0, 1.0]] * 2)}
+    masks = {"y": torch.tensor([[True, True, True, True], [True, False, True, True]]),
+             "c": torch.tensor([[True, True, True], [False, True, True]])}
+    for setting, differ in (("on", True), ("off", False)):
+        specs = [Modality(m.name, m.shape, m.likelihood, m.likelihood_kwargs, mask_aware=setting) for m in mods]
+        torch.manual_seed(0)
+        model = CVAE(specs, CVAEConfig(latent_dim=2, main_modality="y"))
+        batch = MultimodalDataset(specs, data, masks).batch()
+        with torch.no_grad():
+            q, p = model.posterior(batch).base_dist, model.conditional_prior(batch).base_dist
+        for d in (q, p):
+            assert (not torch.allclose(d.loc[0], d.loc[1])) is differ, setting
