@@ -38,8 +38,7 @@ import torch
 from hydra import compose, initialize
 from omegaconf import OmegaConf
 
-from pyromv.cli.train import run
-from pyromv.data import feature_mcar
+from pyromv.cli.train import run, with_missingness
 from pyromv.metrics import inference_gaps
 from pyromv.models import load_model
 from pyromv.models.registry import get_model_class
@@ -56,17 +55,11 @@ def _config(mask_aware: str, args: argparse.Namespace):
         return compose("train", overrides=overrides)
 
 
-def _data(cfg, split: str, args: argparse.Namespace, entries_missing: bool = True):
-    """The run's split with its feature mask (the training script's seeds), or without it."""
+def _data(cfg, split: str, entries_missing: bool = True):
+    """The run's split as the training script builds it, with or without its missing entries."""
     source = OmegaConf.to_object(cfg.data)
-    data = source.load(split)
-    if split == "train" and cfg.missing_rate > 0:
-        from pyromv.data import mcar
-
-        data = mcar(data, cfg.missing_rate, seed=cfg.missing_seed)
-    if not entries_missing:
-        return data
-    return feature_mcar(data, args.rate, seed=cfg.missing_seed + (1 if split == "test" else 0))
+    train, test = with_missingness(cfg, source.load("train"), source.load("test"), entries=entries_missing)
+    return train if split == "train" else test
 
 
 def _gaps(label: str, model, test, args: argparse.Namespace, extra: dict) -> dict:
@@ -120,16 +113,16 @@ def measure(seed: int, args: argparse.Namespace) -> dict[str, dict]:
     torch.set_num_threads(1)
     args = argparse.Namespace(**{**vars(args), "seed": seed})
     cfg = _config("on", args)
-    test = _data(cfg, "test", args)
+    test = _data(cfg, "test")
     test = test.subset(torch.arange(min(args.test_rows, len(test))))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         out["zero-filled"], _ = train_end_to_end("off", args, Path(tmp) / "off", test)
         out["mask-aware"], aware_run = train_end_to_end("on", args, Path(tmp) / "on", test)
         if args.fixed_decoder:
-            train = _data(cfg, "train", args)
-            complete = (_data(cfg, "train", args, entries_missing=False),
-                        _data(cfg, "test", args, entries_missing=False).subset(torch.arange(len(test))))
+            train = _data(cfg, "train")
+            complete = (_data(cfg, "train", entries_missing=False),
+                        _data(cfg, "test", entries_missing=False).subset(torch.arange(len(test))))
             out["floor"] = train_encoder_on(aware_run, "off", args, *complete, "every entry observed (floor)")
             out["one decoder, zero-filled"] = train_encoder_on(aware_run, "off", args, train, test, "zero-filled")
             out["one decoder, mask-aware"] = train_encoder_on(aware_run, "on", args, train, test, "mask-aware")

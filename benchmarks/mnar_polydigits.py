@@ -26,8 +26,7 @@ import torch
 from hydra import compose, initialize
 from omegaconf import OmegaConf
 
-from pyromv.cli.train import run
-from pyromv.data import feature_mnar, mcar
+from pyromv.cli.train import run, with_missingness
 from pyromv.models import load_model
 
 
@@ -39,14 +38,11 @@ def _config(args: argparse.Namespace, missingness: str, seed: int):
         return compose("train", overrides=overrides)
 
 
-def _splits(cfg, rate: float):
+def _splits(cfg):
     """The training and test sets as the training script builds them, and the complete test set."""
     source = OmegaConf.to_object(cfg.data)
-    train, test = source.load("train"), source.load("test")
-    if cfg.missing_rate > 0:
-        train = mcar(train, cfg.missing_rate, seed=cfg.missing_seed)
-    return (feature_mnar(train, rate, seed=cfg.missing_seed), feature_mnar(test, rate, seed=cfg.missing_seed + 1),
-            test)
+    complete = source.load("test")
+    return (*with_missingness(cfg, source.load("train"), complete), complete)
 
 
 def _scores(imputed: dict[str, torch.Tensor], truth: dict[str, torch.Tensor],
@@ -71,7 +67,7 @@ def main() -> None:
     for seed in args.seeds:
         for setting in ("ignorable", *args.missingness):
             cfg = _config(args, setting, seed)
-            train, test, complete = _splits(cfg, args.rate)
+            train, test, complete = _splits(cfg)
             truth = complete.data
             missing = {m: ~test.obs_mask[m] for m in test.names}
             with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.dataset import partially_observed
+from ..data.dataset import MultimodalDataset, partially_observed
 from ..data.missingness import feature_mcar, feature_mnar, mcar
 from ..data.modality import MASK_AWARE, MISSINGNESS
 from ..distributions.likelihoods import registered_likelihoods
@@ -110,6 +110,20 @@ def run(cfg: DictConfig, model_name: str, data_name: str, out: Path) -> dict[str
     return metrics
 
 
+def with_missingness(cfg: DictConfig, train: MultimodalDataset, test: MultimodalDataset,
+                     entries: bool = True) -> tuple[MultimodalDataset, MultimodalDataset]:
+    """The training and test sets with the job's simulated missingness: ``missing_rate`` of the
+    modalities in the training set, then (``entries``) ``feature_missing_rate`` of the entries in
+    both, by ``feature_missing_pattern`` (seeds ``missing_seed`` and ``missing_seed + 1``)."""
+    if cfg.missing_rate > 0:
+        train = mcar(train, cfg.missing_rate, seed=cfg.missing_seed)
+    if entries and cfg.get("feature_missing_rate", 0.0) > 0:
+        drop = feature_mcar if cfg.get("feature_missing_pattern", "mcar") == "mcar" else feature_mnar
+        train = drop(train, cfg.feature_missing_rate, seed=cfg.missing_seed)
+        test = drop(test, cfg.feature_missing_rate, seed=cfg.missing_seed + 1)
+    return train, test
+
+
 def _run(cfg: DictConfig, model_name: str, data_name: str, out: Path, tracking: Tracking) -> dict[str, Any]:
     start = time.perf_counter()
     source, model_config, trainer_config = check_options(cfg, model_name, data_name)
@@ -125,12 +139,7 @@ def _run(cfg: DictConfig, model_name: str, data_name: str, out: Path, tracking: 
             if not hasattr(source, "root"):
                 raise
             raise UsageError(f"data={data_name}: {collapse(str(err))} (data.root sets the folder)") from err
-    if cfg.missing_rate > 0:
-        train = mcar(train, cfg.missing_rate, seed=cfg.missing_seed)
-    if cfg.get("feature_missing_rate", 0.0) > 0:
-        drop = feature_mcar if cfg.get("feature_missing_pattern", "mcar") == "mcar" else feature_mnar
-        train = drop(train, cfg.feature_missing_rate, seed=cfg.missing_seed)
-        test = drop(test, cfg.feature_missing_rate, seed=cfg.missing_seed + 1)
+    train, test = with_missingness(cfg, train, test)
     # the modality specs as the training data resolve them (mask_aware="auto": on where the data
     # have feature-level missingness), or the user's mask_aware for every modality
     setting = cfg.get("mask_aware", "auto")

@@ -36,7 +36,7 @@ from ..data.batch import MultimodalBatch
 from ..data.dataset import MultimodalDataset
 from ..models.base import MultimodalVAE
 from ._util import model_device, seeded
-from .ais import _Evaluating, _Target
+from .ais import _check_positive_int, _Evaluating, _Target
 from .likelihood import LogLikelihood, log_likelihood, scored_rows
 
 #: Smallest and largest log standard deviation of the per-row Gaussians (keeps Adam finite).
@@ -100,11 +100,6 @@ class InferenceGaps:
             "approximation_gap": mean(self.approximation_gap), "rows": int(self.rows.numel()),
             "local_steps": self.local_steps, "likelihood_method": self.likelihood.method,
         }
-
-
-def _check(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def inference_gaps(
@@ -183,11 +178,11 @@ def inference_gaps(
         raise TypeError(f"expected a MultimodalVAE, got {type(model).__name__}")
     if not getattr(model, "has_likelihood", True):
         raise ValueError(f"{model.name} is a deterministic autoencoder: it has no likelihood, so no ELBO gap")
-    _check("local_steps", local_steps, 0)
-    _check("local_samples", local_samples, 2)
-    _check("elbo_samples", elbo_samples, 2)
-    _check("batch_size", batch_size, 1)
-    _check("K", K, 1)
+    _check_positive_int("local_steps", local_steps, 0)
+    _check_positive_int("local_samples", local_samples, 2)
+    _check_positive_int("elbo_samples", elbo_samples, 2)
+    _check_positive_int("batch_size", batch_size, 1)
+    _check_positive_int("K", K, 1)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     plan = scored_rows(model, data, None, targets)
